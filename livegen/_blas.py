@@ -1,0 +1,73 @@
+"""Load an optimised BLAS before MLX on Linux.
+
+The ``mlx[cpu]`` wheel for Linux links the netlib reference BLAS (about 20x slower than an
+optimised one for fp32 GEMM). Its symbols are resolved lazily, so a library with unprefixed
+CBLAS symbols loaded with ``RTLD_GLOBAL`` *before* ``mlx.core`` is imported takes their place.
+We ship one through our dependencies: ``cmeel-openblas`` (``cmeel.prefix/lib/libopenblas.so.0``).
+
+``LIVEGEN_BLAS`` overrides: ``bundled`` keeps MLX's own BLAS, a path loads that library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+_loaded: str | None = None
+_reason: str = "not attempted"
+
+
+def _candidates() -> list[Path]:
+    roots: list[str] = []
+    for key in ("purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            roots.append(path)
+    roots.extend(p for p in sys.path if p)
+    seen: set[Path] = set()
+    found: list[Path] = []
+    for root in roots:
+        lib = Path(root) / "cmeel.prefix" / "lib" / "libopenblas.so.0"
+        if lib not in seen:
+            seen.add(lib)
+            if lib.exists():
+                found.append(lib)
+    return found
+
+
+def preload() -> str | None:
+    """Load the optimised BLAS globally if possible; returns its path (or None)."""
+    global _loaded, _reason
+    if _loaded is not None:
+        return _loaded
+    if not sys.platform.startswith("linux"):
+        _reason = "not Linux: MLX uses Accelerate/Metal or its GPU backend"
+        return None
+    choice = os.environ.get("LIVEGEN_BLAS", "").strip()
+    if choice == "bundled":
+        _reason = "LIVEGEN_BLAS=bundled"
+        return None
+    if "mlx.core" in sys.modules:
+        _reason = "mlx.core was imported before livegen; its BLAS is already bound"
+        return None
+    paths = [Path(choice)] if choice else _candidates()
+    for path in paths:
+        try:
+            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            _reason = f"could not load {path}: {exc}"
+            continue
+        _loaded = str(path)
+        _reason = "loaded"
+        return _loaded
+    if not paths:
+        _reason = "cmeel-openblas is not installed"
+    return None
+
+
+def status() -> tuple[str | None, str]:
+    """(path of the optimised BLAS or None, a short reason)."""
+    return _loaded, _reason

@@ -1,0 +1,1 @@
+"""Helpers that load the PyTorch reference implementations for parity tests."""
