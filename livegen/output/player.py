@@ -1,0 +1,205 @@
+"""Real-time playback: a :class:`~livegen.output.mixer.Mixer` inside a sounddevice callback.
+
+The callback only mixes from buffers that were prepared earlier and counts what happened:
+clip conversion and copying run on the caller's thread (:meth:`Player.schedule`), and the hand
+over is a command on a lock-free deque that the next callback applies. Launch times are frames
+on the stream's own clock, quantised to the beat/bar grid of the current tempo.
+
+``sounddevice`` is imported in :meth:`Player.start` (PortAudio scans its host APIs at import,
+so a JACK server must already be running by then).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+import numpy as np
+
+from livegen import tempo as tempo_mod
+from livegen.output.mixer import Mixer
+from livegen.output.ringbuffer import RingBuffer
+from livegen.settings import AudioSettings, TempoSettings
+
+
+def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """Band-limited resampling of a whole clip ``audio`` [C, N] (FFT method), float32 out.
+
+    Used when a model's rate (MusicGen: 32 kHz) differs from the stream's. Runs on the
+    caller's thread, never in the callback.
+    """
+    if src_rate == dst_rate:
+        return np.asarray(audio, dtype=np.float32)
+    c, n = audio.shape
+    m = int(round(n * dst_rate / src_rate))
+    if n == 0 or m == 0:
+        return np.zeros((c, m), np.float32)
+    spec = np.fft.rfft(np.asarray(audio, dtype=np.float64), axis=1)
+    k = min(spec.shape[1], m // 2 + 1)
+    out_spec = np.zeros((c, m // 2 + 1), dtype=np.complex128)
+    out_spec[:, :k] = spec[:, :k]
+    if m < n and m % 2 == 0:  # the new Nyquist bin of a real signal must be real
+        out_spec[:, -1] = out_spec[:, -1].real
+    out = np.fft.irfft(out_spec, n=m, axis=1) * (m / n)
+    return out.astype(np.float32)
+
+
+class TempoSource(Protocol):
+    bpm: float
+    beats_per_bar: int
+
+
+class Player:
+    def __init__(self, settings: AudioSettings | None = None, tempo: TempoSource | None = None,
+                 max_block: int = 8192):
+        self.settings = settings or AudioSettings()
+        t = tempo or TempoSettings()
+        self.sample_rate = int(self.settings.sample_rate)
+        self.channels = int(self.settings.channels)
+        self._bpm = float(t.bpm)
+        self._beats_per_bar = int(t.beats_per_bar)
+        self._origin = 0  # frame where the bar grid is anchored
+        fade = int(round(self.settings.fade_ms * self.sample_rate / 1000.0))
+        self.mixer = Mixer(self.channels, self.settings.voices, max(1, fade), max_block=max_block)
+        self._frame = 0
+        self._callbacks = 0
+        self._underflows = 0
+        self._last_underflow_frame = -1
+        self._first_underflow_frame = -1
+        self._status_flags = 0
+        self._stream: Any = None
+        self._lock = threading.Lock()  # serialises control-thread calls, never taken by the callback
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Open and start the output stream on ``settings.device``."""
+        if self._stream is not None:
+            return
+        import sounddevice as sd
+
+        latency = self.settings.latency
+        stream = sd.OutputStream(
+            samplerate=self.sample_rate,
+            blocksize=self.settings.blocksize,
+            device=self.settings.device,
+            channels=self.channels,
+            dtype="float32",
+            latency=latency,
+            callback=self.callback,
+        )
+        stream.start()
+        self._stream = stream
+
+    def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop()
+            finally:
+                stream.close()
+
+    def __enter__(self) -> Player:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._stream is not None and bool(self._stream.active)
+
+    # ------------------------------------------------------------------ audio thread
+    def callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        """The sounddevice callback: mix one block, advance the clock, count problems."""
+        if status:
+            if status.output_underflow:
+                self._underflows += 1
+                if self._first_underflow_frame < 0:
+                    self._first_underflow_frame = self._frame
+                self._last_underflow_frame = self._frame
+            self._status_flags += 1
+        self.mixer.mix(outdata, self._frame)
+        self._frame += frames
+        self._callbacks += 1
+
+    # ------------------------------------------------------------------ control thread
+    @property
+    def frame(self) -> int:
+        """Frames rendered so far (the stream clock)."""
+        return self._frame
+
+    @property
+    def bpm(self) -> float:
+        return self._bpm
+
+    def launch_frame(self, launch: str) -> int:
+        """The frame a clip launched now with ``launch`` would start at."""
+        # One block of margin: a command posted now is applied at the next callback.
+        now = self._frame + max(1, int(self.settings.blocksize))
+        return tempo_mod.next_launch_frame(now, launch, self._bpm, self._beats_per_bar, self.sample_rate,
+                                           self._origin)
+
+    def schedule(self, slot: int, audio: np.ndarray, loop: bool = False, gain: float = 1.0,
+                 launch: str = "bar", sample_rate: int | None = None) -> int:
+        """Play ``audio`` [C, N] float32 in ``slot``; returns the start frame.
+
+        ``sample_rate`` is the clip's rate (None: already at the stream rate; otherwise it is
+        resampled here). The clip is copied into a voice buffer here, in chunks, before the
+        callback sees it; a clip already in ``slot`` is crossfaded out at the start frame.
+        """
+        if audio.ndim != 2 or audio.shape[1] == 0:
+            raise ValueError(f"audio must be [channels, frames] with frames > 0, got {audio.shape}")
+        if sample_rate is not None and int(sample_rate) != self.sample_rate:
+            audio = resample(audio, int(sample_rate), self.sample_rate)
+        buf = self.mixer.prepare(np.asarray(audio, dtype=np.float32))
+        with self._lock:
+            start = self.launch_frame(launch)
+            self.mixer.schedule(slot, buf, start, loop=loop, gain=gain)
+        return start
+
+    def stream(self, slot: int, gain: float = 1.0, launch: str = "now",
+               seconds: float | None = None) -> RingBuffer:
+        """Open a streaming voice in ``slot``: write [C, N] chunks into the returned ring buffer
+        (``write_all``) and ``close()`` it at the end."""
+        cap = int((seconds or self.settings.ring_seconds) * self.sample_rate)
+        ring = RingBuffer(self.channels, max(cap, 1))
+        with self._lock:
+            self.mixer.stream(slot, ring, self.launch_frame(launch), gain)
+        return ring
+
+    def stop_slot(self, slot: int | None = None, launch: str = "now") -> None:
+        """Fade out ``slot`` (every slot when None), now or on the next beat/bar."""
+        with self._lock:
+            at = None if launch == "now" else self.launch_frame(launch)
+            self.mixer.stop(slot, at)
+
+    def set_gain(self, slot: int, gain: float) -> None:
+        self.mixer.set_gain(slot, gain)
+
+    def set_bpm(self, bpm: float, beats_per_bar: int | None = None) -> None:
+        """Change the tempo; the grid pivots on the current bar so launches stay aligned."""
+        if not 20.0 <= bpm <= 400.0:
+            raise ValueError(f"bpm must be between 20 and 400, not {bpm!r}")
+        with self._lock:
+            self._origin = tempo_mod.last_boundary_frame(self._frame, "bar", self._bpm, self._beats_per_bar,
+                                                         self.sample_rate, self._origin)
+            self._bpm = float(bpm)
+            if beats_per_bar is not None:
+                self._beats_per_bar = int(beats_per_bar)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "callbacks": self._callbacks,
+            "frames": self._frame,
+            "seconds": self._frame / float(self.sample_rate),
+            "underflows": self._underflows,
+            "first_underflow_frame": self._first_underflow_frame,
+            "last_underflow_frame": self._last_underflow_frame,
+            "status_flags": self._status_flags,
+            "voices_active": self.mixer.voices_active,
+            "voices_stolen": self.mixer.stolen,
+            "slots_playing": self.mixer.slots_playing(),
+            "bpm": self._bpm,
+            "running": self.running,
+        }

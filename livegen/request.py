@@ -1,0 +1,178 @@
+"""The request every part of the daemon speaks, and the clip that answers it.
+
+A :class:`Request` is immutable: the mapper builds one from a MIDI/OSC message, the generation
+thread renders it, and the player and folder writer consume the resulting :class:`Clip`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from livegen import tempo
+
+OUTPUTS = ("play", "folder")
+LAUNCHES = ("now", "beat", "bar")
+BPM_RANGE = (20.0, 400.0)
+
+
+class RequestError(ValueError):
+    """A request with an impossible or absurd value; the message is one plain sentence."""
+
+
+class Limits(Protocol):
+    """What :meth:`Request.validate` needs (``livegen.settings.EngineSettings`` provides it)."""
+
+    max_steps: int
+    max_seconds: float
+    max_prompt_chars: int
+
+
+@dataclass(frozen=True)
+class DefaultLimits:
+    max_steps: int = 250
+    max_seconds: float = 47.0
+    max_prompt_chars: int = 500
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    model: str = "default"
+    negative_prompt: str | None = None
+    seed: int | None = None
+    seconds: float | None = None
+    bars: float | None = None
+    bpm: float | None = None
+    beats_per_bar: int = 4
+    steps: int | None = None
+    cfg_scale: float | None = None
+    sampler: str | None = None
+    slot: int | None = None
+    outputs: tuple[str, ...] = ("play",)
+    loop: bool = False
+    gain: float = 1.0
+    launch: str = "bar"
+    priority: int = 0
+    origin: str | None = None
+
+    def replace(self, **changes: Any) -> Request:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["outputs"] = list(self.outputs)
+        return d
+
+    def validate(self, limits: Limits | None = None) -> None:
+        """Raise :class:`RequestError` (one sentence) if any value is impossible or absurd."""
+        lim = limits if limits is not None else DefaultLimits()
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise RequestError("The prompt is empty.")
+        if len(self.prompt) > lim.max_prompt_chars:
+            raise RequestError(
+                f"The prompt has {len(self.prompt)} characters; the limit is {lim.max_prompt_chars}."
+            )
+        if self.negative_prompt is not None and len(self.negative_prompt) > lim.max_prompt_chars:
+            raise RequestError(f"The negative prompt is longer than {lim.max_prompt_chars} characters.")
+        if not self.model or not isinstance(self.model, str):
+            raise RequestError("The model name is empty.")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**32):
+            raise RequestError(f"The seed must be a whole number from 0 to {2**32 - 1}, not {self.seed!r}.")
+        if self.seconds is not None and self.bars is not None:
+            raise RequestError("Give the duration in seconds or in bars, not both.")
+        if self.bpm is not None and not (_finite(self.bpm) and BPM_RANGE[0] <= self.bpm <= BPM_RANGE[1]):
+            raise RequestError(f"The tempo must be between 20 and 400 bpm, not {self.bpm!r}.")
+        if not _is_int(self.beats_per_bar) or not 1 <= self.beats_per_bar <= 32:
+            raise RequestError(
+                f"Beats per bar must be a whole number from 1 to 32, not {self.beats_per_bar!r}."
+            )
+        if self.seconds is not None and not (_finite(self.seconds) and self.seconds > 0):
+            raise RequestError(f"The duration must be a positive number of seconds, not {self.seconds!r}.")
+        if self.bars is not None and not (_finite(self.bars) and self.bars > 0):
+            raise RequestError(f"The number of bars must be positive, not {self.bars!r}.")
+        if self.seconds is not None or self.bars is not None:
+            secs = self.duration_seconds()
+            if secs > lim.max_seconds:
+                raise RequestError(
+                    f"The duration is {secs:.2f} seconds; this daemon allows at most {lim.max_seconds:g}."
+                )
+        if self.steps is not None and (not _is_int(self.steps) or not 1 <= self.steps <= lim.max_steps):
+            raise RequestError(f"Steps must be a whole number from 1 to {lim.max_steps}, not {self.steps!r}.")
+        if self.cfg_scale is not None and not (_finite(self.cfg_scale) and 0 <= self.cfg_scale <= 50):
+            raise RequestError(f"The CFG scale must be between 0 and 50, not {self.cfg_scale!r}.")
+        if self.sampler is not None and (not isinstance(self.sampler, str) or not self.sampler):
+            raise RequestError("The sampler name is empty.")
+        if self.slot is not None and (not _is_int(self.slot) or not 0 <= self.slot < 1024):
+            raise RequestError(f"The slot must be a whole number from 0 to 1023, not {self.slot!r}.")
+        if not self.outputs:
+            raise RequestError("The request has no outputs; use 'play', 'folder' or both.")
+        for out in self.outputs:
+            if out not in OUTPUTS:
+                raise RequestError(f"Unknown output {out!r}; use 'play' or 'folder'.")
+        if not (_finite(self.gain) and 0 <= self.gain <= 4):
+            raise RequestError(f"The gain must be between 0 and 4, not {self.gain!r}.")
+        if self.launch not in LAUNCHES:
+            raise RequestError(f"Unknown launch {self.launch!r}; use 'now', 'beat' or 'bar'.")
+        if not _is_int(self.priority):
+            raise RequestError(f"The priority must be a whole number, not {self.priority!r}.")
+
+    def duration_seconds(self, default_bpm: float = 120.0, default_seconds: float | None = None) -> float:
+        """Seconds, or ``bars`` at ``bpm`` (``default_bpm`` when the request has none).
+
+        Falls back to ``default_seconds``; raises :class:`RequestError` when there is no duration.
+        """
+        if self.seconds is not None:
+            return float(self.seconds)
+        if self.bars is not None:
+            bpm = self.bpm if self.bpm is not None else default_bpm
+            return tempo.bars_to_seconds(self.bars, bpm, self.beats_per_bar)
+        if default_seconds is not None:
+            return float(default_seconds)
+        raise RequestError("The request has no duration: give seconds or bars.")
+
+    def duration_samples(self, sample_rate: int, default_bpm: float = 120.0,
+                         default_seconds: float | None = None) -> int:
+        """Exact length in frames: bars are rounded once, on the whole length (no drift)."""
+        if self.seconds is None and self.bars is not None:
+            bpm = self.bpm if self.bpm is not None else default_bpm
+            return tempo.bars_to_samples(self.bars, bpm, self.beats_per_bar, sample_rate)
+        return int(round(self.duration_seconds(default_bpm, default_seconds) * sample_rate))
+
+
+@dataclass
+class Clip:
+    request: Request
+    audio: np.ndarray  # float32 [C, N]
+    sample_rate: int
+    seed: int
+    model: str
+    job_id: int
+    created: float = field(default_factory=time.time)
+    render_seconds: float = 0.0
+
+    @property
+    def channels(self) -> int:
+        return int(self.audio.shape[0])
+
+    @property
+    def frames(self) -> int:
+        return int(self.audio.shape[1])
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / float(self.sample_rate)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    return numeric and math.isfinite(v)
