@@ -1,0 +1,186 @@
+"""`livegen generate`: argument checks (before any model is loaded) and real runs on a tiny model.
+
+The tiny model is built with MLX alone (random weights saved as a converted livegen directory with
+a tiny T5 and tokenizer), so these tests need no PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+import livegen.cli.generate as gen
+from livegen.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_converted(tmp_path_factory) -> Path:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from livegen.models.stable_audio.convert import StableAudioModel, parse_config
+    from livegen.models.t5 import T5Config, T5Encoder
+    from livegen.weights import save_converted
+    from tests.models.t5_fixtures import make_tiny_tokenizer
+    from tests.reference.sa_checkpoint import shrink_config
+
+    out = tmp_path_factory.mktemp("tiny") / "converted"
+    cfg = shrink_config("small", dit={"depth": 1})
+    mx.random.seed(0)
+    model = StableAudioModel(parse_config(cfg, "shrunk config"))
+    weights = {k: 0.2 * mx.random.normal(v.shape) for k, v in tree_flatten(model.parameters())}
+    tok = make_tiny_tokenizer()
+    t5cfg = T5Config(vocab_size=len(tok) + 3, d_model=768, d_kv=32, d_ff=64, num_layers=1, num_heads=2)
+    t5 = {k: 0.2 * mx.random.normal(v.shape) for k, v in tree_flatten(T5Encoder(t5cfg).parameters())}
+    save_converted(out, weights, cfg, {"kind": "stable_audio", "dtype": "float32", "source": "tiny"},
+                   extra_weights={"t5/model.safetensors": t5})
+    (out / "t5" / "config.json").write_text(json.dumps({"model_type": "t5", **dataclasses.asdict(t5cfg)}))
+    tok.save_pretrained(str(out / "t5"))
+    return out
+
+
+def _args(tmp_path: Path, *extra: str, model: str = "stable-audio-small") -> list[str]:
+    return ["generate", "--model", model, "--prompt", "deep bass loop", "--output", str(tmp_path / "o.wav"),
+            *extra]
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    def fail(*_a, **_k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    from livegen.models.stable_audio.pipeline import StableAudioPipeline
+
+    monkeypatch.setattr(StableAudioPipeline, "from_pretrained", fail)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seconds", "-1"], "--seconds must be positive"),
+        (["--seconds", "20"], "--seconds 20 is too long for stable-audio-small (at most 11.89)"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--init-audio", "/nonexistent/x.wav"], "--init-audio file /nonexistent/x.wav does not exist"),
+        (["--init-strength", "0.5"], "--init-strength needs --init-audio"),
+        (["--sampler", "dpmpp-3m-sde"], "--sampler 'dpmpp-3m-sde' does not suit stable-audio-small"),
+        (["--melody", "m.wav"], "--melody only apply to MusicGen models"),
+        (["--cfg-scale", "-2"], "--cfg-scale must not be negative"),
+        (["--prompt", " "], "--prompt must not be empty"),
+    ],
+)
+def test_bad_arguments_exit_2_before_loading(no_loading, tmp_path, capsys, extra, message):
+    assert main(_args(tmp_path, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("livegen generate: ") and "\n" not in err
+
+
+def test_bad_model_output_and_musicgen_flags(no_loading, tmp_path, capsys):
+    assert main(_args(tmp_path, model="no-such-model")) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    # argparse keeps the last --output
+    assert main(_args(tmp_path, "--output", str(tmp_path / "missing" / "o.wav"))) == 2
+    assert "output directory" in capsys.readouterr().err
+    assert main(_args(tmp_path, "--output", str(tmp_path))) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(_args(tmp_path, "--steps", "4", model="musicgen-small")) == 2
+    assert "--steps only apply to Stable Audio models" in capsys.readouterr().err
+    assert main(_args(tmp_path, "--top-p", "1.5", model="musicgen-small")) == 2
+    assert "--top-p must be in (0, 1]" in capsys.readouterr().err
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    assert main(_args(tmp_path, model=str(tmp_path / "bert"))) == 2
+    assert "is not a supported model" in capsys.readouterr().err
+
+
+def test_musicgen_is_dispatched(tmp_path, monkeypatch):
+    calls = []
+    fake = types.ModuleType("livegen.cli.generate_musicgen")
+    fake.run_musicgen = lambda args: calls.append(args) or 0
+    monkeypatch.setitem(sys.modules, "livegen.cli.generate_musicgen", fake)
+    assert main(_args(tmp_path, "--top-k", "50", "--seconds", "3", model="musicgen-stereo-small")) == 0
+    assert calls and calls[0].top_k == 50 and calls[0].model == "musicgen-stereo-small"
+    monkeypatch.setitem(sys.modules, "livegen.cli.generate_musicgen", None)
+    assert main(_args(tmp_path, model="musicgen-small")) == 2
+
+
+def test_model_info_reads_local_config(tiny_converted):
+    info = gen.model_info(str(tiny_converted))
+    assert info.engine == "stable_audio" and info.objective == "rf_denoiser"
+    assert info.max_seconds == pytest.approx(256 * 4 / 44100)
+
+
+def test_generate_in_process(tiny_converted, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LIVEGEN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "clip.wav"
+    rc = main(["generate", "--model", str(tiny_converted), "--prompt", "warm bass", "--seconds", "0.02",
+               "--steps", "3", "--seed", "7", "--output", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert captured.out.strip() == str(out)
+    assert "3/3" in captured.err and "s/step" in captured.err and "seed 7" in captured.err
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.subtype, info.frames) == (44100, 2, "FLOAT", 882)
+    data, _ = sf.read(str(out), dtype="float32")
+    assert abs(data).max() > 0
+    # same seed, same audio
+    out2 = tmp_path / "again.wav"
+    assert main(["generate", "--model", str(tiny_converted), "--prompt", "warm bass", "--seconds", "0.02",
+                 "--steps", "3", "--seed", "7", "--output", str(out2)]) == 0
+    assert (sf.read(str(out2), dtype="float32")[0] == data).all()
+
+
+def test_generate_subprocess(tiny_converted, tmp_path):
+    out = tmp_path / "sub.wav"
+    env = dict(os.environ, LIVEGEN_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "livegen", "generate", "--model", str(tiny_converted), "--prompt", "dub techno",
+           "--seconds", "0.01", "--steps", "2", "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.subtype, info.frames) == (44100, 2, "FLOAT", 441)
+    bad = subprocess.run(cmd[:-2] + ["--output", str(tmp_path / "nope" / "x.wav")], capture_output=True,
+                         text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert "does not exist" in bad.stderr
+
+
+def test_audio_io_resample_channels_and_init_audio(tiny_converted, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from livegen.audio_io import match_channels, read_audio, resample
+
+    sr = 48000
+    t = np.arange(sr // 10) / sr
+    tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    out = resample(tone[None], sr, 44100)
+    assert out.shape == (1, 4410)
+    expected = np.sin(2 * np.pi * 1000 * np.arange(4410) / 44100)
+    assert np.abs(out[0, 200:-200] - expected[200:-200]).max() < 1e-3  # away from the edges
+    assert match_channels(np.ones((1, 4), np.float32), 2).shape == (2, 4)
+    assert np.allclose(match_channels(np.stack([np.ones(4), -np.ones(4)]).astype(np.float32), 1), 0)
+
+    src = tmp_path / "init.wav"
+    sf.write(str(src), tone, sr, subtype="PCM_16")
+    audio, rate = read_audio(src, 44100, channels=2)
+    assert rate == 44100 and audio.shape == (2, 4410) and audio.dtype == np.float32
+
+    monkeypatch.setenv("LIVEGEN_CACHE", str(tmp_path / "cache"))
+    out_wav = tmp_path / "var.wav"
+    rc = main(["generate", "--model", str(tiny_converted), "--prompt", "warm bass", "--seconds", "0.02",
+               "--steps", "2", "--seed", "1", "--init-audio", str(src), "--init-strength", "0.6",
+               "--output", str(out_wav)])
+    assert rc == 0, capsys.readouterr().err
+    assert sf.info(str(out_wav)).frames == 882
