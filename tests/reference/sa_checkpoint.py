@@ -125,64 +125,14 @@ TINY_T5: dict[str, int] = {"d_model": 768, "num_layers": 1, "num_heads": 2, "d_k
 DEFAULT_REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _unavailable(*_a, **_k):
-    raise RuntimeError("torchaudio stand-in: resampling/loudness are not available in parity tests")
-
-
-_NEEDS_TORCHAUDIO = (
-    "stable_audio_tools.data.utils",
-    "stable_audio_tools.inference.utils",
-    "stable_audio_tools.models.pretransforms",
-    "stable_audio_tools.models.autoencoders",
-    "stable_audio_tools.models.conditioners",
-    "stable_audio_tools.models.diffusion",
-)
-
-
-def install_torchaudio_stand_in() -> None:
-    """``stable_audio_tools.models`` imports ``torchaudio.transforms`` at module level for
-    resampling helpers that model construction and the forward passes never call. PyPI's
-    torchaudio is a CUDA build that does not load beside the CPU torch, so when torchaudio cannot
-    be imported, import those modules against a stand-in whose transforms fail loudly if anything
-    does call them, then take the stand-in out of ``sys.modules`` again (transformers probes for
-    torchaudio). (This belongs in ``tests/reference/sat.py``; it lives here until that module
-    provides it.)"""
-    import importlib
-    import sys
-    import types
-
-    if all(name in sys.modules for name in _NEEDS_TORCHAUDIO):
-        return
-    try:
-        import torchaudio  # noqa: F401
-        return
-    except Exception:
-        for name in [m for m in sys.modules if m.split(".")[0] == "torchaudio"]:
-            del sys.modules[name]
-    import transformers  # noqa: F401  (import before the stand-in exists: it probes for torchaudio)
-
-    ta = types.ModuleType("torchaudio")
-    tr = types.ModuleType("torchaudio.transforms")
-    for name in ("Resample", "Loudness", "MelSpectrogram", "Spectrogram"):
-        setattr(tr, name, _unavailable)
-    ta.transforms = tr
-    ta.load = ta.save = _unavailable
-    sys.modules.update({"torchaudio": ta, "torchaudio.transforms": tr})
-    try:
-        for name in _NEEDS_TORCHAUDIO:
-            importlib.import_module(name)
-    finally:
-        sys.modules.pop("torchaudio", None)
-        sys.modules.pop("torchaudio.transforms", None)
+from tests.reference.sat import install_torchaudio_stand_in  # noqa: E402,F401  (re-export)
 
 
 def load_reference():
     """``tests.reference.sat.load()`` plus the model modules that need the torchaudio stand-in."""
     from tests.reference import sat
 
-    ref = sat.load()
-    install_torchaudio_stand_in()
-    return ref
+    return sat.load()
 
 
 def real_config(kind: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-import types
 from pathlib import Path
 
 import mlx.core as mx
@@ -282,31 +281,11 @@ def test_sanitize_fuses_weight_norm_and_transposes():
 
 
 def _autoencoders_module():
-    """``stable_audio_tools.models.autoencoders`` imports torchaudio at module level for a
-    resampler that the encode/decode path never calls; torchaudio's PyPI wheels do not load on
-    the CPU-only torch. Give the import a stand-in that fails loudly if used, then remove it
-    (other libraries probe for torchaudio)."""
-    try:
-        return importlib.import_module("stable_audio_tools.models.autoencoders")
-    except ImportError as exc:
-        if "torchaudio" not in str(exc):
-            raise
+    """The reference autoencoder module (``sat.load()`` imports it against a torchaudio stand-in)."""
+    from tests.reference import sat
 
-    def _unavailable(*_a, **_k):
-        raise RuntimeError("torchaudio stand-in: resampling is not available in parity tests")
-
-    names = ("torchaudio", "torchaudio.transforms")
-    saved = {n: sys.modules.pop(n) for n in list(sys.modules) if n.split(".")[0] == "torchaudio"}
-    ta, tr = types.ModuleType(names[0]), types.ModuleType(names[1])
-    tr.Resample = _unavailable
-    ta.transforms = tr
-    sys.modules.update(dict(zip(names, (ta, tr), strict=True)))
-    try:
-        return importlib.import_module("stable_audio_tools.models.autoencoders")
-    finally:
-        for n in names:
-            sys.modules.pop(n, None)
-        sys.modules.update(saved)
+    sat.load()
+    return importlib.import_module("stable_audio_tools.models.autoencoders")
 
 
 def _reference_autoencoder(sat_ref, config: dict, meta: bool = False):
