@@ -118,20 +118,23 @@ def resolve(
     except hf_errors.GatedRepoError:
         raise WeightsError(
             f"{repo_or_path} is gated: accept its licence at https://huggingface.co/{repo_or_path} and run "
-            "`huggingface-cli login` (or set HF_TOKEN)."
+            "`hf auth login` (or set HF_TOKEN)."
         ) from None
     except hf_errors.RepositoryNotFoundError:
         raise WeightsError(
             f"{repo_or_path} was not found on the Hugging Face hub (check the name; private repos need "
-            "`huggingface-cli login` or HF_TOKEN)."
+            "`hf auth login` or HF_TOKEN)."
         ) from None
     except hf_errors.RevisionNotFoundError:
         raise WeightsError(f"revision {revision!r} of {repo_or_path} does not exist on the hub.") from None
     except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as exc:
-        state = "off (HF_HUB_OFFLINE is set)" if offline else "failed"
+        if offline:
+            why = "downloading is off (HF_HUB_OFFLINE is set): unset it, or download it on a connected machine"
+        else:
+            why = "it could not be downloaded (no connection to the hub?): connect and retry, or copy the cache"
         raise WeightsError(
-            f"{repo_or_path} is not in the Hugging Face cache ({where}) and downloading is {state}: "
-            f"{_one_line(exc)}"
+            f"{repo_or_path} is not in the Hugging Face cache ({where}) and {why} "
+            f"(`hf download {repo_or_path}`). Details: {_one_line(exc)[:160]}"
         ) from None
     except (OSError, ValueError, hf_errors.HfHubHTTPError) as exc:
         raise WeightsError(f"could not download {repo_or_path} into {where}: {_one_line(exc)}") from None
