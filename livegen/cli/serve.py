@@ -1,0 +1,116 @@
+"""`livegen serve [--config F] [--mapping F ...] [--model X] [--dry-run]`: run the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from livegen.cli import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the MIDI/OSC-driven generation daemon")
+    p.add_argument("--config", type=Path, help="settings file (YAML); defaults when omitted")
+    p.add_argument("--mapping", type=Path, action="append", default=None,
+                   help="mapping file (repeatable); replaces the settings' mappings")
+    p.add_argument("--model", help="a model name from the settings, or a checkpoint folder / repo id "
+                                   "for the default model")
+    p.add_argument("--dry-run", action="store_true", help="validate settings and mappings, then exit")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="overrides the settings' log_level")
+    p.set_defaults(func=run)
+
+
+def load(args: argparse.Namespace):  # noqa: ANN201 - returns livegen.settings.Settings
+    from livegen.settings import SettingsError, load_settings
+
+    if args.config is not None and not args.config.is_file():
+        raise UsageError(f"the settings file {args.config} does not exist")
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        raise UsageError("invalid settings:\n" + "\n".join(exc.errors)) from None
+    if args.mapping:
+        missing = [str(p) for p in args.mapping if not p.is_file()]
+        if missing:
+            raise UsageError(f"mapping file(s) not found: {', '.join(missing)}")
+        settings = dataclasses.replace(settings, mappings=[p.resolve() for p in args.mapping])
+    if args.model:
+        if args.model in settings.models:
+            settings = dataclasses.replace(settings, models={args.model: settings.models[args.model]},
+                                           default_model=args.model)
+        else:
+            name = settings.default_model
+            base = settings.models.get(name) or next(iter(settings.models.values()))
+            settings = dataclasses.replace(settings, models={name: dataclasses.replace(base, path=args.model)})
+    if args.log_level:
+        settings = dataclasses.replace(settings, log_level=args.log_level)
+    return settings
+
+
+def dry_run(settings) -> int:  # noqa: ANN001
+    from livegen.mapping import Mapper, MappingError
+
+    problems: list[str] = []
+    try:
+        mapper = Mapper.from_files(settings.mappings)
+        print(f"mappings: {len(mapper.rules)} rules, {len(mapper.banks)} banks from "
+              f"{', '.join(str(p) for p in settings.mappings)}")
+    except MappingError as exc:
+        problems += exc.errors
+    for name, m in settings.models.items():
+        local = Path(m.path).expanduser()
+        looks_local = m.path.startswith((".", "/", "~")) or local.exists()
+        if looks_local and not local.is_dir():
+            problems.append(f"model {name}: the folder {m.path} does not exist")
+        else:
+            print(f"model {name}: {m.engine} from {m.path}")
+    if settings.folder.path is not None:
+        folder = Path(settings.folder.path)
+        if not folder.is_dir():
+            problems.append(f"folder.path {folder} is not a folder")
+        elif not os.access(folder, os.W_OK):
+            problems.append(f"folder.path {folder} is not writable")
+    print(f"osc: {settings.osc.host}:{settings.osc.port}" if settings.osc.enabled else "osc: off")
+    print(f"midi: {'virtual port ' + settings.midi.port_name if settings.midi.virtual else 'no virtual port'}"
+          if settings.midi.enabled else "midi: off")
+    for p in problems:
+        print(p, file=sys.stderr)
+    print("dry run: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
+    return 1 if problems else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    settings = load(args)
+    if args.dry_run:
+        return dry_run(settings)
+    logging.basicConfig(level=getattr(logging, settings.log_level.upper()),
+                        format="%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("livegen.daemon").info("stage %-8s %6.2f s  %s", "settings", time.monotonic() - t0,
+                                             args.config or "defaults")
+    from livegen.daemon import Daemon
+    from livegen.mapping import MappingError
+
+    daemon = Daemon(settings)
+    try:
+        code = asyncio.run(daemon.run())
+    except MappingError as exc:
+        raise UsageError("invalid mapping:\n" + "\n".join(exc.errors)) from None
+    except OSError as exc:  # e.g. the OSC port is taken, the audio device cannot open
+        raise UsageError(str(exc)) from None
+    # Everything is closed explicitly by now. Leave without interpreter teardown: the generation
+    # thread may still be inside a long MLX call, and tearing down native threads (MLX, rtmidi's
+    # JACK client, PortAudio) during finalisation intermittently aborted ("terminate called
+    # without an active exception").
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

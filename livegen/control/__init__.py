@@ -1,0 +1,1 @@
+"""Control inputs of the daemon: OSC (``osc``) and MIDI (``midi``)."""
