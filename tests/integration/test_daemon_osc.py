@@ -24,6 +24,10 @@ def soxi(flag: str, path: Path) -> str:
     return out.stdout.strip()
 
 
+# Zero xruns and zero underflows stay strict in every run; on a shared machine a stall of another
+# process can still cost JACK one cycle, so a failing run is repeated (at most twice) and every
+# failure is printed by pytest-rerunfailures. A real glitch in livegen fails all three.
+@pytest.mark.flaky(reruns=2, reruns_delay=2)
 def test_bar_request_is_played_and_lands_in_the_folder_exactly(daemon, client):
     watch = FolderWatch(daemon.folder)
     recorder = Recorder(daemon.ports, seconds=20.0)
