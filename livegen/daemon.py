@@ -640,7 +640,9 @@ class Daemon:
                 self.prerender_jobs.pop(event.job_id, None)
                 log.info("pre-render job %d %s: %s", event.job_id, kind, event.reason)
             return
-        if kind == wk.LOADING:
+        if kind == wk.DEVICE:
+            log.info("stage %-8s %6.2f s  %s", "device", event.seconds, event.reason)
+        elif kind == wk.LOADING:
             log.info("loading model %s", event.model)
         elif kind == wk.LOADED:
             log.info("stage %-8s %6.2f s  %s", "load", event.seconds, event.model)

@@ -37,6 +37,7 @@ log = logging.getLogger("livegen.worker")
 
 # Event kinds, in the order a job meets them.
 LOADING, LOADED, WARMED, READY, FATAL = "loading", "loaded", "warmed", "ready", "fatal"
+DEVICE = "device"
 QUEUED, REPLACED, STARTED, PROGRESS = "queued", "replaced", "started", "progress"
 DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
 
@@ -334,6 +335,14 @@ class Worker:
 
     def _load(self) -> None:
         start_all = time.monotonic()
+        # Which MLX backend and BLAS this thread computes with, and what they deliver (a small GEMM,
+        # measured here because this is the thread that runs MLX).
+        from livegen import device
+
+        info = device.detect()
+        gflops = device.gemm_gflops(n=512, repeats=2)
+        self._emit(WorkerEvent(DEVICE, reason=f"{info.describe()}; fp32 GEMM {gflops:.0f} GFLOP/s",
+                               seconds=time.monotonic() - start_all))
         for name, loader in self._loaders.items():
             if self._stopping:
                 return

@@ -10,6 +10,7 @@ import pytest
 
 from livegen.engine.worker import (
     CANCELLED,
+    DEVICE,
     DONE,
     FAILED,
     FATAL,
@@ -111,7 +112,8 @@ def test_load_warm_generate_progress_done():
         worker, h = make(engine)
         worker.start()
         await h.wait(READY)
-        assert [e.kind for e in h.events[:4]] == [LOADING, LOADED, WARMED, READY]
+        assert [e.kind for e in h.events[:5]] == [DEVICE, LOADING, LOADED, WARMED, READY]
+        assert "GFLOP/s" in h.events[0].reason and "BLAS" in h.events[0].reason
         assert engine.warmed == [1.0]
         job, replaced = worker.submit(Request("pad", seconds=0.5, steps=3, seed=7))
         assert replaced == []
