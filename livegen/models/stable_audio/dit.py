@@ -12,11 +12,19 @@ Per generation, ``prepare_conditioning`` computes everything that does not depen
 input or the timestep (projected tokens, every layer's cross-attention K/V, the global embedding,
 rotary tables); ``forward_prepared`` is then one denoiser step. ``prepare_guidance`` /
 ``guided_velocity`` implement the reference's classifier-free guidance (DiTWrapper path).
+
+CPU fast paths (``fast_paths``): MLX's CPU ``exp``/``sigmoid`` are scalar loops (~20 ns an element),
+which made the SwiGLU activation and the attention softmax about a quarter of a full-size forward.
+On the CPU the gate uses ``x / (1 + exp(-x))`` and attention an explicit softmax, both with
+``exp_poly`` (Cody-Waite range reduction and a polynomial, fused by ``mx.compile``; relative error
+~2e-7, like ``mx.exp``). GPUs keep ``nn.silu`` and ``mx.fast.scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -37,6 +45,77 @@ class LayerNorm(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         return mx.fast.layer_norm(x, self.gamma, self.beta, self.eps)
+
+
+# ----------------------------------------------------------------------------- CPU fast paths
+
+_fast_paths: bool | None = None  # None: on the CPU only; True/False: forced (tests, benchmarks)
+
+
+def use_fast_paths() -> bool:
+    """Whether the polynomial-exp SwiGLU and explicit-softmax attention run (default: on the CPU)."""
+    if _fast_paths is not None:
+        return _fast_paths
+    return mx.default_device() == mx.cpu
+
+
+@contextmanager
+def fast_paths(enabled: bool | None) -> Iterator[None]:
+    """Force the CPU fast paths on or off (``None``: automatic) within a block."""
+    global _fast_paths
+    previous = _fast_paths
+    _fast_paths = enabled
+    try:
+        yield
+    finally:
+        _fast_paths = previous
+
+
+_LOG2E = 1.4426950408889634
+_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 split so that n * _LN2_HI is exact (Cody-Waite)
+_EXP_COEFFS = tuple(1 / math.factorial(k) for k in range(9))  # e^r, |r| <= ln(2) / 2
+
+
+def exp_poly(x: mx.array) -> mx.array:
+    """exp(x) for float32 from multiplies and adds: x = n ln2 + r with |r| <= ln(2)/2 (Cody-Waite
+    reduction), e^r by its degree-8 Taylor polynomial (truncation < 3e-10), 2^n built in the exponent
+    bits. Inputs are clamped to [-87, 88] (the float32 normal range; exp(-87) ~ 1.6e-38 stands in
+    for smaller values)."""
+    x = mx.clip(x, -87.0, 88.0)
+    n = mx.floor(x * _LOG2E + 0.5)
+    r = x - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p = _EXP_COEFFS[8]
+    for c in _EXP_COEFFS[7::-1]:
+        p = p * r + c
+    scale = ((n.astype(mx.int32) + 127) << 23).view(mx.float32)
+    return p * scale
+
+
+@mx.compile
+def _swiglu_fast(x: mx.array, gate: mx.array) -> mx.array:
+    g = gate.astype(mx.float32)
+    return x * (g / (1.0 + exp_poly(-g))).astype(x.dtype)
+
+
+@mx.compile
+def _softmax_fast(scores: mx.array) -> mx.array:
+    s = scores.astype(mx.float32)
+    e = exp_poly(s - mx.max(s, axis=-1, keepdims=True))
+    return (e / mx.sum(e, axis=-1, keepdims=True)).astype(scores.dtype)
+
+
+def attention_explicit(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """softmax(q k^T scale) v for q [B, H, L, D] and k/v [B, Hkv, S, D] (H a multiple of Hkv; query
+    head h reads key/value head h // (H / Hkv), as ``mx.fast.scaled_dot_product_attention``)."""
+    b, h, n, d = q.shape
+    hkv = k.shape[1]
+    if hkv != h:
+        q = q.reshape(b, hkv, h // hkv, n, d)
+        k, v = k[:, :, None], v[:, :, None]
+    p = _softmax_fast((q * scale) @ k.swapaxes(-1, -2))
+    out = p @ v
+    return out.reshape(b, h, n, d) if hkv != h else out
 
 
 def rotary_tables(length: int, rotary_dim: int, base: float = 10000.0) -> tuple[mx.array, mx.array]:
@@ -84,7 +163,10 @@ class Attention(nn.Module):
         return t.reshape(b, n, heads, self.dim_heads).transpose(0, 2, 1, 3)
 
     def _attend(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        if mask is None and use_fast_paths():
+            out = attention_explicit(q, k, v, self.scale)
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         b, _, n, _ = out.shape
         return self.to_out(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
 
@@ -120,6 +202,8 @@ class GLU(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         x, gate = mx.split(self.proj(x), 2, axis=-1)
+        if use_fast_paths():
+            return _swiglu_fast(x, gate)
         return x * nn.silu(gate)
 
 

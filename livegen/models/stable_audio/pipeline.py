@@ -6,6 +6,14 @@ pipeline must be built and used on one thread (the daemon's generation thread).
 
     pipe = StableAudioPipeline.from_pretrained("stabilityai/stable-audio-open-small")
     audio = pipe.generate("128 BPM tech house drum loop", seconds=8.0, seed=1)   # [2, 352800]
+
+First sound early: ``generate_stream`` (same parameters, plus ``chunk_latents``) samples the latents,
+then yields the audio piece by piece from the VAE's exact streaming decoder
+(``AudioAutoencoder.decode_chunks``), so playback can start after the first piece is decoded
+instead of after the whole clip; the concatenated pieces equal ``generate``'s output::
+
+    for piece in pipe.generate_stream("deep house chords", seconds=8.0, seed=1, chunk_latents=32):
+        player.feed(piece)                      # [2, 65536] float32 pieces, the last one shorter
 """
 
 from __future__ import annotations
@@ -13,14 +21,15 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-from livegen.errors import WeightsError
+from livegen.device import configure_mlx
+from livegen.errors import Cancelled, WeightsError
 from livegen.models.stable_audio import sampling as S
 from livegen.models.stable_audio.conditioners import Conditioning
 from livegen.models.stable_audio.config import StableAudioConfig
@@ -72,6 +81,7 @@ class StableAudioPipeline:
 
     def __init__(self, model: StableAudioModel, t5, config_dict: dict, *, dtype: mx.Dtype = mx.float32,
                  source: str = "", t5_source: str = ""):
+        configure_mlx()  # BLAS threads for the CPU (once per process; see livegen.device)
         self.model = model
         self.t5 = t5
         self.config: StableAudioConfig = model.config
@@ -273,15 +283,11 @@ class StableAudioPipeline:
         if seconds > self.max_seconds + 1e-9:
             raise ValueError(f"seconds {seconds:g} exceeds this model's window of {self.max_seconds:.2f} s")
 
-    def generate(self, prompt: str, seconds: float = 10.0, steps: int | None = None,
-                 cfg_scale: float | None = None, sampler: str | None = None, seed: int | None = None,
-                 negative_prompt: str | None = None, init_audio: np.ndarray | None = None,
-                 init_strength: float | None = None, progress=None, cancel=None) -> np.ndarray:
-        """Audio float32 ``[channels, round(seconds * sample_rate)]`` at ``self.sample_rate``.
-
-        ``None`` arguments take the checkpoint's defaults (``self.defaults``). ``init_audio``
-        ([channels, frames] or [frames], at ``sample_rate``) is encoded and partially noised by
-        ``init_strength`` in (0, 1] (1 = ignore it). The seed used is stored in ``last_seed``."""
+    def _generate_latents(self, prompt: str, seconds: float, steps: int | None, cfg_scale: float | None,
+                          sampler: str | None, seed: int | None, negative_prompt: str | None,
+                          init_audio: np.ndarray | None, init_strength: float | None,
+                          progress, cancel) -> tuple[mx.array, int]:
+        """Everything ``generate`` does before the VAE decode: (evaluated latents [1, L, 64], frames)."""
         self._check_seconds(seconds)
         steps = int(steps if steps is not None else self.defaults["steps"])
         cfg_scale = float(cfg_scale if cfg_scale is not None else self.defaults["cfg_scale"])
@@ -313,11 +319,55 @@ class StableAudioPipeline:
         latents = self._sample_mx(cond, noise, S.NoiseSource(k_steps), steps=steps, sampler=sampler,
                                   cfg_scale=cfg_scale, init=init, init_strength=init_strength,
                                   progress=progress, cancel=cancel)
+        mx.eval(latents)
+        return latents, frames
+
+    def generate(self, prompt: str, seconds: float = 10.0, steps: int | None = None,
+                 cfg_scale: float | None = None, sampler: str | None = None, seed: int | None = None,
+                 negative_prompt: str | None = None, init_audio: np.ndarray | None = None,
+                 init_strength: float | None = None, progress=None, cancel=None) -> np.ndarray:
+        """Audio float32 ``[channels, round(seconds * sample_rate)]`` at ``self.sample_rate``.
+
+        ``None`` arguments take the checkpoint's defaults (``self.defaults``). ``init_audio``
+        ([channels, frames] or [frames], at ``sample_rate``) is encoded and partially noised by
+        ``init_strength`` in (0, 1] (1 = ignore it). The seed used is stored in ``last_seed``."""
+        latents, frames = self._generate_latents(prompt, seconds, steps, cfg_scale, sampler, seed,
+                                                 negative_prompt, init_audio, init_strength, progress, cancel)
         audio = self.model.vae.decode(latents)[0, :frames].astype(mx.float32)
         out = np.array(audio.T)
         if out.shape[1] < frames:
             out = np.pad(out, ((0, 0), (0, frames - out.shape[1])))
         return np.ascontiguousarray(out)
+
+    def generate_stream(self, prompt: str, seconds: float = 10.0, steps: int | None = None,
+                        cfg_scale: float | None = None, sampler: str | None = None, seed: int | None = None,
+                        negative_prompt: str | None = None, init_audio: np.ndarray | None = None,
+                        init_strength: float | None = None, progress=None, cancel=None, *,
+                        chunk_latents: int = 32) -> Iterator[np.ndarray]:
+        """``generate`` that hands out audio as soon as the VAE has decoded it: samples the latents
+        (same parameters, same seed handling), then yields float32 ``[channels, n]`` pieces of
+        ``chunk_latents * ratio`` samples (the last one shorter) from the VAE's exact streaming
+        decoder, cut to ``round(seconds * sample_rate)`` frames in all. Concatenated, the pieces
+        equal ``generate(...)`` with the same arguments and seed (up to float rounding, ~1e-6).
+
+        Nothing runs until the first ``next()``; iterate on the thread that owns the pipeline.
+        ``cancel()`` is also polled between pieces (raising ``livegen.errors.Cancelled``)."""
+        if chunk_latents < 1:
+            raise ValueError(f"chunk_latents must be at least 1, got {chunk_latents}")
+        latents, frames = self._generate_latents(prompt, seconds, steps, cfg_scale, sampler, seed,
+                                                 negative_prompt, init_audio, init_strength, progress, cancel)
+        emitted = 0
+        for piece in self.model.vae.decode_chunks(latents, chunk=chunk_latents):
+            if cancel is not None and cancel():
+                raise Cancelled("generation cancelled while decoding")
+            take = min(piece.shape[1], frames - emitted)
+            if take > 0:
+                emitted += take
+                yield np.ascontiguousarray(np.array(piece[0, :take].astype(mx.float32)).T)
+            if emitted >= frames:
+                return
+        if emitted < frames:  # a window shorter than the clip (not produced by latent_length)
+            yield np.zeros((self.audio_channels, frames - emitted), dtype=np.float32)
 
     def warmup(self, seconds_list: Sequence[float] = (), steps: int = 1) -> None:
         """Run one tiny generation per clip length (fills caches, JIT kernels, allocator pools)."""
