@@ -24,6 +24,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from livegen.device import configure_mlx
 from livegen.errors import WeightsError
 from livegen.models.musicgen.config import MusicGenConfig
 from livegen.models.musicgen.encodec import Encodec, EncodecConfig, EncodecStreamDecoder
@@ -97,6 +98,7 @@ class MusicGenPipeline:
         codec: Encodec,
         dtype: mx.Dtype = mx.float32,
     ) -> None:
+        configure_mlx()  # BLAS threads for the CPU (once per process; see livegen.device)
         self.config = config
         self.lm = lm
         self.text_encoder = text_encoder

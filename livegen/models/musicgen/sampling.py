@@ -131,35 +131,64 @@ def decode_steps(
     temperature: float = 1.0,
     key: mx.array | None = None,
     cancel: Callable[[], bool] | None = None,
+    pipelined: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Fill ``pattern`` [B, K, L] (from ``build_delay_pattern_mask``) from position ``start`` on.
 
     Yields ``(position, seq)`` after each position is written, ``seq`` being the delayed sequence
     so far (numpy, shared and updated in place). Greedy when ``top_k == 1`` or ``temperature <= 0``.
+
+    The sampled tokens are fed back on the device (the delay pattern's fixed cells applied with
+    ``mx.where``), so with ``pipelined`` the next position's graph is built and queued
+    (``mx.async_eval``) before this position's tokens are copied out and yielded: the host never
+    leaves the CPU/GPU idle between steps. ``cancel`` is asked once before each position, after
+    the previous one was yielded, as without pipelining (a position queued ahead is then dropped).
     """
     total = pattern.shape[-1]
     seq = pattern.copy()
     seq[..., :start] = apply_delay_pattern_mask(seq[..., :start], pattern)
+    if start >= total:
+        return
     guided = guidance_scale is not None and guidance_scale > 1
-    cache: list[KVCache] = lm.make_cache()
-    inputs = seq[..., :start]
-    prefix = cond.prefix
-    for pos in range(start, total):
-        if cancel is not None and cancel():
-            raise Cancelled("generation cancelled")
-        x = mx.array(inputs.astype(np.int32))
-        if guided:
-            x = mx.concatenate([x, x], axis=0)
-        logits = lm(x, cache=cache, cross_kv=cond.cross_kv, cross_mask=cond.cross_mask, prefix=prefix)
-        prefix = None
-        logits = guide(logits[:, :, -1, :].astype(mx.float32), guidance_scale if guided else 1.0)
+    scale = guidance_scale if guided else 1.0
+    prefix_len = 0 if cond.prefix is None else cond.prefix.shape[1]
+    cache: list[KVCache] = lm.make_cache(capacity=prefix_len + total)
+    fixed = mx.array(pattern.astype(np.int32))
+    state = {"key": key, "prefix": cond.prefix}
+
+    def launch(pos: int, x: mx.array) -> tuple[mx.array, mx.array]:
+        """Queue position ``pos`` from decoder input ``x``: (column [B, K], next input)."""
+        logits = lm(
+            x, cache=cache, cross_kv=cond.cross_kv, cross_mask=cond.cross_mask, prefix=state["prefix"]
+        )
+        state["prefix"] = None
+        logits = guide(logits[:, :, -1, :].astype(mx.float32), scale)
         step_key = None
-        if key is not None:
-            key, step_key = mx.random.split(key)
+        if state["key"] is not None:
+            state["key"], step_key = mx.random.split(state["key"])
         tokens = sample(logits, step_key, top_k=top_k, top_p=top_p, temperature=temperature)
-        mx.eval(tokens, *[a for c in cache for a in c.state()])
-        col = np.array(tokens).astype(np.int64)
-        fixed = pattern[:, :, pos]
-        seq[:, :, pos] = np.where(fixed == -1, col, fixed)
-        inputs = seq[:, :, pos : pos + 1]
+        col = mx.where(fixed[:, :, pos] == -1, tokens.astype(mx.int32), fixed[:, :, pos])
+        nxt = col[:, :, None]
+        if guided:
+            nxt = mx.concatenate([nxt, nxt], axis=0)
+        mx.async_eval(col, nxt)
+        return col, nxt
+
+    def cancelled() -> bool:
+        return cancel is not None and bool(cancel())
+
+    if cancelled():
+        raise Cancelled("generation cancelled")
+    x = mx.array(seq[..., :start].astype(np.int32))
+    if guided:
+        x = mx.concatenate([x, x], axis=0)
+    col, nxt = launch(start, x)
+    for pos in range(start, total):
+        ahead = launch(pos + 1, nxt) if pipelined and pos + 1 < total else None
+        seq[:, :, pos] = np.array(col).astype(np.int64)
         yield pos, seq
+        if pos + 1 == total:
+            break
+        if cancelled():
+            raise Cancelled("generation cancelled")  # a queued next position is simply dropped
+        col, nxt = ahead if ahead is not None else launch(pos + 1, nxt)

@@ -9,6 +9,8 @@ codebook; positions are sinusoidal ``[cos, sin]`` (tensor2tensor order) offset b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import cache
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -45,19 +47,28 @@ def _activation(name: str):
 
 
 class KVCache:
-    """Self-attention keys/values [B, H, T, Dh], grown in steps to avoid a copy per token."""
+    """Self-attention keys/values [B, H, T, Dh] in a preallocated buffer, written in place.
+
+    ``capacity`` (positions) sizes the buffer up front (the decode loop knows the final length);
+    beyond it the buffer grows in steps of ``step`` positions.
+    """
 
     step = 256
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
         self.keys: mx.array | None = None
         self.values: mx.array | None = None
         self.offset = 0
+        self.capacity = capacity
 
     def update(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
         n = k.shape[2]
         if self.keys is None or self.offset + n > self.keys.shape[2]:
-            grow = ((n + self.step - 1) // self.step) * self.step
+            need = self.offset + n
+            if self.keys is None and self.capacity is not None:
+                need = max(need, self.capacity)
+            size = ((need + self.step - 1) // self.step) * self.step
+            grow = size - (0 if self.keys is None else self.offset)
             shape = (k.shape[0], k.shape[1], grow, k.shape[3])
             new_k, new_v = mx.zeros(shape, k.dtype), mx.zeros(shape, v.dtype)
             if self.keys is None:
@@ -74,6 +85,33 @@ class KVCache:
         return [] if self.keys is None else [self.keys, self.values]
 
 
+class Fusion:
+    """One weight for sibling bias-free ``nn.Linear`` layers that read the same input.
+
+    ``x @ fused.T`` is one GEMM instead of one per layer (fewer BLAS calls, the input read once).
+    The layers' weights are replaced by row views of the fused array, so the parameters keep their
+    names (loading, saving, strict key checks) and no memory is duplicated. A weight replaced later
+    (``load_weights``, ``set_dtype``) is noticed by identity and the fused array rebuilt.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[mx.array] | None = None
+        self._fused: mx.array | None = None
+
+    def weight(self, layers: list[nn.Linear]) -> mx.array:
+        parts = [layer.weight for layer in layers]
+        if self._parts is None or any(a is not b for a, b in zip(self._parts, parts, strict=True)):
+            fused = mx.concatenate(parts, axis=0)
+            mx.eval(fused)
+            start = 0
+            for layer, w in zip(layers, parts, strict=True):
+                layer.weight = fused[start : start + w.shape[0]]
+                start += w.shape[0]
+            mx.eval([layer.weight for layer in layers])
+            self._parts, self._fused = [layer.weight for layer in layers], fused
+        return self._fused
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -84,13 +122,23 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, dim, bias=False)
         self.v_proj = nn.Linear(dim, dim, bias=False)
         self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.fused = True  # one GEMM for q/k/v (see Fusion); False: one per projection
+        self._qkv, self._kv = Fusion(), Fusion()  # plain attributes, not parameters
 
     def _split(self, x: mx.array) -> mx.array:
         b, t, _ = x.shape
         return x.reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3)
 
+    def _project(self, x: mx.array, layers: list[nn.Linear], fusion: Fusion) -> list[mx.array]:
+        if not self.fused:
+            return [self._split(layer(x)) for layer in layers]
+        y = x @ fusion.weight(layers).T
+        d = self.heads * self.head_dim
+        return [self._split(y[..., i * d : (i + 1) * d]) for i in range(len(layers))]
+
     def key_values(self, x: mx.array) -> tuple[mx.array, mx.array]:
-        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        k, v = self._project(x, [self.k_proj, self.v_proj], self._kv)
+        return k, v
 
     def __call__(
         self,
@@ -100,15 +148,60 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
     ) -> mx.array:
         b, t, _ = x.shape
-        q = self._split(self.q_proj(x))
         if kv is None:
-            k, v = self.key_values(x)
+            q, k, v = self._project(x, [self.q_proj, self.k_proj, self.v_proj], self._qkv)
             if cache is not None:
                 k, v = cache.update(k, v)
         else:
+            q = self._split(self.q_proj(x))
             k, v = kv
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1))
+
+
+@cache
+def _step_functions(
+    activation: str, heads: int, scale: float, eps: float, cross: bool, masked: bool
+) -> tuple[Callable, Callable]:
+    """Compiled (``mx.compile``) halves of a one-token decoder layer, around the self-attention.
+
+    ``pre(x, ln_w, ln_b, weights)`` -> q, k, v ``[B, H, 1, Dh]`` (``weights``: the fused q/k/v weight
+    or the three separately); ``post(x, attn, p)`` -> next hidden state: self-attention output
+    projection, cross-attention (``p['xk']``/``p['xv']``, additive ``p['xmask']``) and the FFN, each
+    with its residual. Every shape is fixed during decoding, so each half is traced once per
+    generation shape; the cache update and the self-attention (whose length grows) stay outside.
+    """
+    act = _activation(activation)
+
+    def split(y: mx.array) -> mx.array:
+        b, t, d = y.shape
+        return y.reshape(b, t, heads, d // heads).transpose(0, 2, 1, 3)
+
+    def merge(o: mx.array) -> mx.array:
+        b, _, t, _ = o.shape
+        return o.transpose(0, 2, 1, 3).reshape(b, t, -1)
+
+    def pre(x: mx.array, ln_w: mx.array, ln_b: mx.array, weights: list[mx.array]) -> list[mx.array]:
+        h = mx.fast.layer_norm(x, ln_w, ln_b, eps)
+        if len(weights) == 3:
+            return [split(h @ w.T) for w in weights]
+        y = h @ weights[0].T
+        d = x.shape[-1]
+        return [split(y[..., i * d : (i + 1) * d]) for i in range(3)]
+
+    def post(x: mx.array, attn: mx.array, p: dict[str, mx.array]) -> mx.array:
+        x = x + merge(attn) @ p["wo"].T
+        if cross:
+            h = mx.fast.layer_norm(x, p["xln_w"], p["xln_b"], eps)
+            q = split(h @ p["xwq"].T)
+            o = mx.fast.scaled_dot_product_attention(
+                q, p["xk"], p["xv"], scale=scale, mask=p["xmask"] if masked else None
+            )
+            x = x + merge(o) @ p["xwo"].T
+        h = mx.fast.layer_norm(x, p["fln_w"], p["fln_b"], eps)
+        return x + act(h @ p["fc1"].T) @ p["fc2"].T
+
+    return mx.compile(pre), mx.compile(post)
 
 
 class DecoderLayer(nn.Module):
@@ -123,7 +216,9 @@ class DecoderLayer(nn.Module):
         self.fc1 = nn.Linear(d, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, d, bias=False)
         self.final_layer_norm = nn.LayerNorm(d)
+        self.activation = cfg.activation_function
         self.act = _activation(cfg.activation_function)
+        self.compiled = True  # one-token steps through _step_functions; False: the plain modules
 
     def __call__(
         self,
@@ -133,10 +228,40 @@ class DecoderLayer(nn.Module):
         cross_kv: tuple[mx.array, mx.array] | None,
         cross_mask: mx.array | None,
     ) -> mx.array:
+        if self.compiled and x.shape[1] == 1 and mask is None:
+            return self._step(x, cache, cross_kv, cross_mask)
         x = x + self.self_attn(self.self_attn_layer_norm(x), mask=mask, cache=cache)
         if cross_kv is not None:
             x = x + self.encoder_attn(self.encoder_attn_layer_norm(x), kv=cross_kv, mask=cross_mask)
         return x + self.fc2(self.act(self.fc1(self.final_layer_norm(x))))
+
+    def _step(
+        self,
+        x: mx.array,
+        cache: KVCache | None,
+        cross_kv: tuple[mx.array, mx.array] | None,
+        cross_mask: mx.array | None,
+    ) -> mx.array:
+        """The same layer for one new position, with the fixed-shape parts compiled."""
+        a, ln = self.self_attn, self.self_attn_layer_norm
+        pre, post = _step_functions(
+            self.activation, a.heads, a.scale, ln.eps, cross_kv is not None, cross_mask is not None
+        )
+        projections = [a.q_proj, a.k_proj, a.v_proj]
+        weights = [a._qkv.weight(projections)] if a.fused else [p.weight for p in projections]
+        q, k, v = pre(x, ln.weight, ln.bias, weights)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        attn = mx.fast.scaled_dot_product_attention(q, k, v, scale=a.scale)
+        p = {"wo": a.out_proj.weight, "fc1": self.fc1.weight, "fc2": self.fc2.weight}
+        p["fln_w"], p["fln_b"] = self.final_layer_norm.weight, self.final_layer_norm.bias
+        if cross_kv is not None:
+            c, cln = self.encoder_attn, self.encoder_attn_layer_norm
+            p.update(xln_w=cln.weight, xln_b=cln.bias, xwq=c.q_proj.weight, xwo=c.out_proj.weight)
+            p["xk"], p["xv"] = cross_kv
+            if cross_mask is not None:
+                p["xmask"] = cross_mask
+        return post(x, attn, p)
 
 
 class Decoder(nn.Module):
@@ -187,6 +312,24 @@ class MusicGenLM(nn.Module):
         if config.has_audio_enc_to_dec_proj:
             self.audio_enc_to_dec_proj = nn.Linear(config.num_chroma, cfg.hidden_size)
         self._positions = mx.array(sinusoidal_positions(cfg.max_position_embeddings, cfg.hidden_size))
+        self.fused = True  # one GEMM for the K heads (and q/k/v in every layer); see set_fused
+        self._heads = Fusion()
+
+    def set_compiled(self, compiled: bool) -> None:
+        """Run one-token decoder steps through compiled (``mx.compile``) layer halves; on by default."""
+        for layer in self.decoder.layers:
+            layer.compiled = compiled
+
+    def set_fused(self, fused: bool) -> None:
+        """Fuse the projections that share an input (q/k/v, cross k/v, the K heads) into one GEMM each.
+
+        On by default; the unfused path computes the same numbers one projection at a time.
+        """
+        self.fused = fused
+        for layer in self.decoder.layers:
+            for name in ("self_attn", "encoder_attn"):
+                if name in layer:
+                    layer[name].fused = fused
 
     # -- conditioning -------------------------------------------------------------------------
     def project_text(self, hidden: mx.array, mask: mx.array | None) -> mx.array:
@@ -248,10 +391,19 @@ class MusicGenLM(nn.Module):
                 xmask,
             )
         x = self.decoder.layer_norm(x[:, n - t :])
-        return mx.stack([head(x) for head in self.lm_heads], axis=1)
+        return self.heads(x)
 
-    def make_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.decoder.layers]
+    def heads(self, x: mx.array) -> mx.array:
+        """Final states [B, T, D] -> logits [B, K, T, vocab]."""
+        if not self.fused:
+            return mx.stack([head(x) for head in self.lm_heads], axis=1)
+        b, t, _ = x.shape
+        y = x @ self._heads.weight(self.lm_heads).T  # [B, T, K * vocab]
+        return y.reshape(b, t, len(self.lm_heads), -1).transpose(0, 2, 1, 3)
+
+    def make_cache(self, capacity: int | None = None) -> list[KVCache]:
+        """One self-attention cache per layer; ``capacity``: positions to preallocate."""
+        return [KVCache(capacity) for _ in self.decoder.layers]
 
     # -- weights ------------------------------------------------------------------------------
     @classmethod
