@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +361,16 @@ class MusicGenPipeline:
                 progress(pos - start + 1, total - start)
         frames = n + (0 if prompt_codes is None else prompt_codes.shape[2])
         return undelay(seq, self.audio_channels, frames)
+
+    def warmup(self, seconds_list: Sequence[float] = ()) -> None:
+        """Run one short generation so the first real one is as fast as the next.
+
+        It traces the compiled one-token step (and builds its kernels), fills the allocator pools
+        and runs the codec once. The compiled parts have fixed shapes that do not depend on the
+        clip length, so one short clip serves every length in ``seconds_list``.
+        """
+        del seconds_list  # one warm-up covers every length (see above)
+        self.generate("warm-up", seconds=min(0.25, self.max_seconds), seed=0)
 
     def generate(
         self,

@@ -195,3 +195,14 @@ def test_half_precision_option(tiny):
     assert rel_err(half.logits(codes, PROMPTS), pipe.logits(codes, PROMPTS)) < 2e-2
     with pytest.raises(ValueError, match="dtype"):
         MusicGenPipeline.from_pretrained(str(src), dtype="int8")
+
+
+def test_warmup_runs_and_does_not_change_later_generations(tiny):
+    from livegen.models.musicgen import MusicGenPipeline
+
+    src, _, _, pipe = tiny["mono"]
+    cold = MusicGenPipeline.from_pretrained(str(src))
+    expected = cold.generate("jazz", seconds=0.1, seed=11, top_k=5)
+    pipe.warmup([4.0, 8.0])
+    assert pipe.last_seed == 0  # the warm-up clip itself is seeded
+    np.testing.assert_array_equal(pipe.generate("jazz", seconds=0.1, seed=11, top_k=5), expected)
