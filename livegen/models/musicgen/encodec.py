@@ -14,6 +14,7 @@ reflect padding at the two ends of the signal is applied where the reference app
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 
 import mlx.core as mx
@@ -527,9 +528,11 @@ def _cat(a: mx.array | None, b: mx.array | None) -> mx.array | None:
     return mx.concatenate([a, b], axis=1)
 
 
-class _StreamOp:
-    def push(self, x: mx.array) -> mx.array | None:
-        raise NotImplementedError
+class _StreamOp(ABC):
+    """One stage of the streaming decoder: takes frames in, returns the outputs that are final."""
+
+    @abstractmethod
+    def push(self, x: mx.array) -> mx.array | None: ...
 
     def flush(self) -> mx.array | None:
         return None
