@@ -1,0 +1,440 @@
+"""The daemon (``python -m livegen serve``) on a JACK server: trigger-to-first-frame and dropouts.
+
+The benchmark starts the real daemon as a user would, with the Stable Audio small checkpoint of
+the run (full size with random weights; ``--smoke``: a tiny one), OSC in, MIDI in over JACK MIDI
+and audio out through PortAudio on the JACK server that is running (CI: ``jackd -d dummy``).
+A JACK client in this process records the daemon's output ports:
+
+* **latency**: the time from sending a trigger (OSC ``/livegen/generate`` on localhost; MIDI
+  note-on through a JACK MIDI port) to the JACK cycle in which the first non-silent frame of the
+  daemon's output reaches our recorder, i.e. leaves the daemon's callback (resolution: one
+  period). "uncached": a fresh prompt/seed, so the figure includes the generation itself.
+  "cached": a pad mapped to a fixed prompt whose variations the daemon pre-renders in idle time
+  (only when the daemon reports a pre-render cache; otherwise left out, with the reason).
+* **dropouts**: JACK xruns seen by the recorder and the daemon's own underflow counters while
+  requests are generated back to back for ``continuous_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIATIONS = 2  # pre-rendered variations the daemon keeps per fixed-prompt pad
+LOUD = 1e-6  # a frame whose magnitude exceeds this is sound (the daemon outputs exact zeros when idle)
+
+
+def jack_running() -> tuple[bool, str]:
+    env = dict(os.environ, JACK_NO_START_SERVER="1")
+    try:
+        out = subprocess.run(["jack_lsp"], capture_output=True, text=True, env=env, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"JACK tools unavailable ({exc})"
+    if out.returncode != 0:
+        return False, "no JACK server is running (start bin/livegen-jack-dummy)"
+    try:
+        import jack  # noqa: F401
+    except Exception as exc:  # ImportError or a missing libjack
+        return False, f"the JACK-Client package is unavailable ({exc})"
+    return True, "ok"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Osc:
+    """A UDP socket that sends OSC and collects every message sent to it."""
+
+    def __init__(self) -> None:
+        from pythonosc.osc_packet import OscPacket
+
+        self._packet = OscPacket
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.messages: list[tuple[str, list[Any]]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while not self._closed:
+            try:
+                data, _ = self.sock.recvfrom(65536)
+            except OSError:
+                return
+            try:
+                msgs = [(m.message.address, list(m.message.params)) for m in self._packet(data).messages]
+            except Exception:  # noqa: BLE001 - ignore garbage
+                continue
+            with self._cond:
+                self.messages.extend(msgs)
+                self._cond.notify_all()
+
+    def send(self, port: int, address: str, *args: Any) -> None:
+        from livegen.control.osc import build_message
+
+        self.sock.sendto(build_message(address, args), ("127.0.0.1", port))
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.messages)
+
+    def wait(self, address: str, since: int = 0, timeout: float = 60.0,
+             where: Callable[[list[Any]], bool] | None = None) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for addr, params in self.messages[since:]:
+                    if addr == address and (where is None or where(params)):
+                        return params
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {address} within {timeout} s")
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+
+
+class OnsetRecorder:
+    """A JACK client on the daemon's output ports: first loud cycle after ``arm()``, xruns."""
+
+    def __init__(self, name: str = "lgbench_rec", channels: int = 2) -> None:
+        import jack
+
+        self.client = jack.Client(name, no_start_server=True)
+        self.rate = self.client.samplerate
+        self.period = self.client.blocksize
+        self.inports = [self.client.inports.register(f"in_{i}") for i in range(channels)]
+        self.armed = False
+        self.onset: float | None = None
+        self._onset_seen = threading.Event()
+        self.last_loud = 0.0
+        self.counting = False
+        self.xruns = 0
+        self.shut_down: str | None = None
+        self.registered: dict[str, float] = {}  # PortAudio output port -> when it appeared
+        self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+        self.client.set_port_registration_callback(self._port_registered)
+        self.client.set_shutdown_callback(self._shutdown)
+        self.client.activate()
+
+    def _shutdown(self, status, reason: str) -> None:
+        self.shut_down = f"JACK shut the recorder down: {reason}"
+        self._onset_seen.set()
+
+    def _port_registered(self, port, register: bool) -> None:
+        if port.name.startswith("PortAudio") and port.is_output and port.is_audio:
+            if register:
+                self.registered[port.name] = time.monotonic()
+            else:
+                self.registered.pop(port.name, None)
+
+    def ports_near(self, when: float, before: float = 3.0) -> list[str]:
+        """Output ports of the PortAudio client that appeared last before ``when`` (the daemon
+        opens its stream just before announcing it is ready). PortAudio calls every client
+        "PortAudio", "PortAudio-01", ...: another one appearing within 50 ms makes it ambiguous."""
+        clients: dict[str, float] = {}
+        for port, t in list(self.registered.items()):
+            if when - before <= t <= when:
+                name = port.split(":", 1)[0]
+                clients[name] = max(t, clients.get(name, t))
+        if not clients:
+            return []
+        order = sorted(clients, key=clients.get, reverse=True)
+        if len(order) > 1 and clients[order[0]] - clients[order[1]] < 0.05:
+            raise RuntimeError(f"several PortAudio clients started with the daemon, cannot tell its ports: {order}")
+        return sorted(p for p in self.registered if p.split(":", 1)[0] == order[0])
+
+    def connect(self, ports: list[str]) -> None:
+        for src, dst in zip(ports, self.inports, strict=True):
+            self.client.connect(src, dst)
+
+    def _process(self, frames: int) -> None:
+        now = time.perf_counter()
+        loud = any(float(np.max(np.abs(p.get_array()))) > LOUD for p in self.inports)
+        if loud:
+            self.last_loud = now
+            if self.armed and self.onset is None:
+                self.onset = now
+                self._onset_seen.set()
+
+    def _xrun(self, delay: float) -> None:
+        if self.counting:
+            self.xruns += 1
+
+    def arm(self) -> None:
+        self.onset = None
+        self._onset_seen.clear()
+        self.armed = True
+
+    def wait_onset(self, timeout: float) -> float:
+        self._onset_seen.wait(timeout)
+        self.armed = False
+        if self.shut_down:
+            raise RuntimeError(self.shut_down)
+        if self.onset is None:
+            raise TimeoutError(f"no sound within {timeout} s of the trigger")
+        return self.onset
+
+    def wait_quiet(self, quiet: float = 0.3, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.perf_counter() - self.last_loud < quiet:
+            if self.shut_down:
+                raise RuntimeError(self.shut_down)
+            if time.monotonic() > deadline:
+                raise TimeoutError("the daemon's output did not fall silent")
+            time.sleep(0.02)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deactivate and close (in a thread: a client JACK has zombified can block there)."""
+
+        def close() -> None:
+            try:
+                self.client.deactivate()
+                self.client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+        t = threading.Thread(target=close, daemon=True)
+        t.start()
+        t.join(timeout)
+
+
+@dataclass
+class Plan:
+    seconds: float  # clip length
+    steps: int
+    uncached: int  # uncached triggers
+    cached: int  # cached pad presses
+    continuous_seconds: float
+    load_timeout: float
+    generate_timeout: float
+
+
+MAPPING = """\
+name: bench
+params:
+  seconds: {seconds}
+  steps: {steps}
+  launch: now
+midi:
+  - note: 60
+    action: generate
+    prompt: "fixed bench pad"
+"""
+
+
+def _settings(path: Path, model: Path, t5: Path, osc_port: int, status_port: int, midi_name: str,
+              mapping: Path, plan: Plan) -> None:
+    path.write_text("\n".join([
+        "models:", "  default:", "    engine: stable-audio", f"    path: {model}", f"    t5: {t5}",
+        f"    seconds: {plan.seconds}", f"    steps: {plan.steps}",
+        "osc:", f"  port: {osc_port}", f"  status_port: {status_port}",
+        "midi:", "  enabled: true", f"  port_name: {midi_name}", "  api: jack",
+        "audio:", "  enabled: true",
+        "engine:", f"  warmup_seconds: [{plan.seconds}]", f"  max_seconds: {max(plan.seconds, 1.0)}",
+        "prerender:", "  enabled: true", f"  variations: {VARIATIONS}",
+        f"mappings: [{mapping}]",
+    ]) + "\n")
+
+
+def _status(osc: Osc, port: int) -> dict[str, Any]:
+    mark = osc.mark()
+    osc.send(port, "/livegen/status")
+    return json.loads(osc.wait("/livegen/status", mark, timeout=20)[-1])
+
+
+def _prerender_ready(status: dict[str, Any]) -> int | None:
+    """Clips the daemon reports ready in its pre-render cache (None: it reports no such cache)."""
+    pre = status.get("prerender")
+    if not isinstance(pre, dict) or "memory_clips" not in pre:
+        return None
+    return int(pre["memory_clips"]) + int(pre.get("disk_clips", 0))
+
+
+def _wait_idle(osc: Osc, port: int, timeout: float) -> None:
+    """Until the daemon's worker has nothing running or queued and its pre-render cache (if any)
+    holds what it wants."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = _status(osc, port)
+        w = st.get("worker", {})
+        pre = st.get("prerender") or {}
+        busy = w.get("running") is not None or int(w.get("queued", 0)) > 0
+        if not busy and (_prerender_ready(st) is None or _prerender_ready(st) >= VARIATIONS * int(pre.get("targets", 0))):
+            time.sleep(1.0)  # the idle task may be about to submit the next pre-render
+            st = _status(osc, port)
+            w = st.get("worker", {})
+            if w.get("running") is None and int(w.get("queued", 0)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the daemon did not become idle within {timeout} s: {st}")
+        time.sleep(0.5)
+
+
+def run(model: Path, t5: Path, cache: Path, workdir: Path, plan: Plan, log: Callable[[str], None],
+        threads: int | None = None) -> dict[str, Any]:
+    """Start the daemon, measure, stop it. Returns the figures (seconds; see the module doc)."""
+    import mido
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    mapping = workdir / "bench-mapping.yaml"
+    mapping.write_text(MAPPING.format(seconds=plan.seconds, steps=plan.steps))
+    status_osc, osc = Osc(), Osc()
+    port = _free_port()
+    midi_name = f"lgbench{os.getpid()}"
+    config = workdir / "livegen.yaml"
+    _settings(config, model, t5, port, status_osc.port, midi_name, mapping, plan)
+    env = dict(os.environ, JACK_NO_START_SERVER="1", PYTHONUNBUFFERED="1", LIVEGEN_CACHE=str(cache),
+               PYTHONPATH=str(ROOT))
+    if threads is not None:
+        env["LIVEGEN_CPU_THREADS"] = str(threads)
+    daemon_log = workdir / "daemon.log"
+    rec = OnsetRecorder()  # before the daemon starts: it watches for the daemon's ports appearing
+    t_start = time.perf_counter()
+    with open(daemon_log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "livegen", "serve", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    midi_out = None
+    result: dict[str, Any] = {"clip_seconds": plan.seconds, "steps": plan.steps}
+    try:
+        try:
+            status_osc.wait("/livegen/ready", timeout=plan.load_timeout)
+        except TimeoutError:
+            tail = daemon_log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the daemon did not get ready (exit code {proc.poll()}):\n{tail}") from None
+        result["ready_seconds"] = time.perf_counter() - t_start
+        ready_at = time.monotonic()
+        time.sleep(0.3)  # JACK delivers the registration callbacks asynchronously
+        deadline = ready_at + 20
+        while len(new := rec.ports_near(ready_at)) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon's PortAudio output ports did not appear (found: {new}); "
+                                   f"its audio status: {_status(osc, port).get('audio')}")
+            time.sleep(0.1)
+        result["ports"] = new[:2]
+        rec.connect(new[:2])
+        result["jack"] = {"rate": rec.rate, "period": rec.period, "period_seconds": rec.period / rec.rate}
+        log(f"  daemon ready in {result['ready_seconds']:.1f} s; JACK {rec.rate} Hz, period {rec.period}")
+        time.sleep(0.5)  # a fresh stream may flag an underflow while it settles
+        rec.wait_quiet()
+
+        # The daemon pre-renders the fixed pad's variations as soon as it is idle; let it finish so
+        # that the uncached triggers measure a generation on an otherwise idle daemon.
+        _wait_idle(osc, port, plan.generate_timeout * 3)
+        # -- uncached: fresh prompt and seed each time (the generation is part of the latency)
+        uncached: list[float] = []
+        for i in range(plan.uncached):
+            rec.wait_quiet()
+            mark = osc.mark()
+            rec.arm()
+            t0 = time.perf_counter()
+            osc.send(port, "/livegen/generate", f"bench uncached {i}", 1000 + i)
+            try:
+                onset = rec.wait_onset(plan.generate_timeout)
+            except TimeoutError as exc:
+                raise RuntimeError(f"{exc}; ports {new}; daemon status {_status(osc, port)}") from None
+            uncached.append(onset - t0)
+            log(f"  uncached trigger {i + 1}/{plan.uncached}: first frame after {onset - t0:.3f} s")
+            job = osc.wait("/livegen/ack", mark, timeout=10)[0]
+            osc.wait("/livegen/done", mark, timeout=plan.generate_timeout, where=lambda p, job=job: p[0] == job)
+        result["uncached"] = {"samples": uncached, "median": statistics.median(uncached) if uncached else None}
+
+        # -- cached: a pad with a fixed prompt, pre-rendered by the daemon in idle time
+        be = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+        midi_out = be.open_output(f"{midi_name}:midi_in")
+        status = _status(osc, port)
+        ready = _prerender_ready(status)
+        if ready is None:
+            result["cached"] = {"samples": [], "median": None, "not_measured":
+                                "the daemon's status reports no pre-render cache (prerender not wired yet)"}
+        else:
+            cached: list[float] = []
+            from_cache: list[bool] = []
+            for i in range(plan.cached):
+                wait_until = time.monotonic() + plan.generate_timeout * 3
+                while (_prerender_ready(_status(osc, port)) or 0) < 1:
+                    if time.monotonic() > wait_until:
+                        raise RuntimeError("the pre-render cache did not fill")
+                    time.sleep(0.5)
+                rec.wait_quiet()
+                hits = int(_status(osc, port)["prerender"].get("hits", 0))
+                rec.arm()
+                t0 = time.perf_counter()
+                midi_out.send(mido.Message("note_on", note=60, velocity=100))
+                onset = rec.wait_onset(plan.generate_timeout)
+                midi_out.send(mido.Message("note_off", note=60, velocity=0))
+                served = int(_status(osc, port)["prerender"].get("hits", 0)) > hits
+                cached.append(onset - t0)
+                from_cache.append(served)
+                log(f"  cached pad {i + 1}/{plan.cached}: first frame after {1e3 * (onset - t0):.1f} ms"
+                    f"{'' if served else ' (NOT served from the cache)'}")
+            result["cached"] = {"samples": cached, "median": statistics.median(cached) if cached else None,
+                                "served_from_cache": from_cache}
+            if cached:
+                result["cached"]["periods"] = result["cached"]["median"] / result["jack"]["period_seconds"]
+
+        # -- continuous generation: requests back to back, count xruns and underflows
+        rec.wait_quiet()
+        before_status = _status(osc, port)
+        rec.counting = True
+        t_end = time.monotonic() + plan.continuous_seconds
+        done = 0
+        i = 0
+        while time.monotonic() < t_end or done == 0:
+            mark = osc.mark()
+            osc.send(port, "/livegen/generate", f"bench continuous {i}", 5000 + i)
+            job = osc.wait("/livegen/ack", mark, timeout=10)[0]
+            osc.wait("/livegen/done", mark, timeout=plan.generate_timeout, where=lambda p, job=job: p[0] == job)
+            done += 1
+            i += 1
+        time.sleep(plan.seconds + 0.5)  # let the last clip play out
+        rec.counting = False
+        after_status = _status(osc, port)
+        result["continuous"] = {
+            "seconds": plan.continuous_seconds,
+            "clips_generated": done,
+            "jack_xruns": rec.xruns,
+            "underflows": int(after_status.get("underflows", 0)) - int(before_status.get("underflows", 0)),
+            "underflows_after_start": int(after_status.get("underflows_after_start", 0))
+            - int(before_status.get("underflows_after_start", 0)),
+            "clips_played": int(after_status.get("clips_played", 0)) - int(before_status.get("clips_played", 0)),
+            "note": "JACK xruns are server-wide: other JACK clients on the same server count too",
+        }
+        log(f"  continuous {plan.continuous_seconds:.0f} s: {done} clips, {rec.xruns} xruns, "
+            f"{result['continuous']['underflows']} underflows")
+        return result
+    finally:
+        if proc.poll() is None:  # stop the daemon first, whatever happened here
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if midi_out is not None:
+            midi_out.close()
+        rec.close()
+        status_osc.close()
+        osc.close()
