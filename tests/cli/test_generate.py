@@ -6,8 +6,6 @@ a tiny T5 and tokenizer), so these tests need no PyTorch reference.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -25,27 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def tiny_converted(tmp_path_factory) -> Path:
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    from livegen.models.stable_audio.convert import StableAudioModel, parse_config
-    from livegen.models.t5 import T5Config, T5Encoder
-    from livegen.weights import save_converted
-    from tests.models.t5_fixtures import make_tiny_tokenizer
-    from tests.reference.sa_checkpoint import shrink_config
+    from tests.models.stable_audio.random_converted import write_random_converted
 
     out = tmp_path_factory.mktemp("tiny") / "converted"
-    cfg = shrink_config("small", dit={"depth": 1})
-    mx.random.seed(0)
-    model = StableAudioModel(parse_config(cfg, "shrunk config"))
-    weights = {k: 0.2 * mx.random.normal(v.shape) for k, v in tree_flatten(model.parameters())}
-    tok = make_tiny_tokenizer()
-    t5cfg = T5Config(vocab_size=len(tok) + 3, d_model=768, d_kv=32, d_ff=64, num_layers=1, num_heads=2)
-    t5 = {k: 0.2 * mx.random.normal(v.shape) for k, v in tree_flatten(T5Encoder(t5cfg).parameters())}
-    save_converted(out, weights, cfg, {"kind": "stable_audio", "dtype": "float32", "source": "tiny"},
-                   extra_weights={"t5/model.safetensors": t5})
-    (out / "t5" / "config.json").write_text(json.dumps({"model_type": "t5", **dataclasses.asdict(t5cfg)}))
-    tok.save_pretrained(str(out / "t5"))
+    write_random_converted(out)
     return out
 
 
