@@ -24,6 +24,8 @@ import numpy as np
 from livegen.models.conv import conv1d, conv_transpose1d, polyphase_blocks, polyphase_weight, use_matmul
 
 CHECKPOINT_PREFIX = "pretransform.model."
+# Largest full-rate activation of one CPU decode tile (see AudioAutoencoder.tile_latents).
+DECODE_TILE_BYTES = 16 * 1024 * 1024
 
 
 def _known(cls: type, params: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +171,7 @@ class ConvTranspose1d(nn.Module):
 
 # pi split so that n * _PI_A and n * _PI_B are exact in float32 for |n| < 2**12 (Cody-Waite).
 _PI_A, _PI_B, _PI_C = 3.140625, 0.0009670257568359375, 6.2771141529083251953e-07
+_ROUND_MAGIC = 12582912.0  # 1.5 * 2**23: x + M - M rounds x to an integer in float32
 _SIN_COEFFS = (-1 / 6, 1 / 120, -1 / 5040, 1 / 362880, -1 / 39916800)
 
 
@@ -176,8 +179,10 @@ def _sin_squared(y: mx.array) -> mx.array:
     """sin(y)^2 from multiplies and adds only (abs. error < 5e-7 for |y| < 2000, like mx.sin).
 
     MLX's CPU ``sin`` is a scalar loop (~10x slower than this once fused); sin^2 has period pi, so
-    reduce to ``r = y - n pi`` in [-pi/2, pi/2] and use the degree-11 Taylor polynomial."""
-    n = mx.round(y * (1 / math.pi))
+    reduce to ``r = y - n pi`` in [-pi/2, pi/2] and use the degree-11 Taylor polynomial. ``n`` is
+    rounded by adding and subtracting 1.5 * 2^23 (exact round-half-even for |y / pi| < 2^22): plain
+    adds compile to vector code, ``round`` to a libm call per element (1.8x slower here)."""
+    n = (y * (1 / math.pi) + _ROUND_MAGIC) - _ROUND_MAGIC
     r = y - n * _PI_A
     r = r - n * _PI_B
     r = r - n * _PI_C
@@ -504,8 +509,29 @@ class AudioAutoencoder(nn.Module):
         return h
 
     def decode(self, latents: mx.array) -> mx.array:
-        """``[B, L, latent_dim]`` -> audio ``[B, L * ratio, io_channels]``."""
-        return self.decoder(latents)
+        """``[B, L, latent_dim]`` -> audio ``[B, L * ratio, io_channels]``.
+
+        On the CPU a long input is decoded in tiles through the exact streaming decoder (see
+        ``tile_latents``); the result equals the one-shot decode up to float rounding."""
+        tile = self.tile_latents(latents.shape[0])
+        if tile is None or latents.shape[1] <= tile:
+            return self.decoder(latents)
+        return mx.concatenate(list(self.decode_chunks(latents, chunk=tile)), axis=1)
+
+    def tile_latents(self, batch: int = 1) -> int | None:
+        """Latent frames per tile of the CPU decode, or None (one shot, e.g. on a GPU).
+
+        The full-rate layers' activations (``batch x tile x ratio x channels`` floats) are kept
+        within ``DECODE_TILE_BYTES``, below MLX's CPU buffer cache (32 MB by default): arrays that
+        fit are recycled from the cache, larger ones get fresh pages every time, which makes the
+        element-wise layers several times slower. Full-size Stable Audio small, 256 latents, 1 BLAS
+        thread: 18.8 s one shot, 11.8 s in tiles of 16 (the streaming decoder computes every sample
+        once, so tiles cost no recomputation)."""
+        if mx.default_device().type != mx.DeviceType.cpu:
+            return None
+        dec = self.config.decoder
+        per_latent = batch * self.decoder.upsampling * dec.channels * 4
+        return max(1, DECODE_TILE_BYTES // per_latent)
 
     def decode_chunks(
         self, latents: mx.array, chunk: int = 32, overlap: int | None = None

@@ -146,6 +146,30 @@ def test_decode_chunks_concatenate_to_decode(name, chunk):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_cpu_decode_of_long_inputs_runs_in_tiles_equal_to_one_shot(name, monkeypatch):
+    from livegen.models.stable_audio import vae as vae_module
+
+    config = CONFIGS[name]
+    model = _tiny_model(config, seed=6)
+    dec = config["decoder"]["config"]
+    per_latent = 2 * config["downsampling_ratio"] * dec["channels"] * 4  # batch 2, float32
+    monkeypatch.setattr(vae_module, "DECODE_TILE_BYTES", 5 * per_latent)
+    assert model.tile_latents(2) == 5 and model.tile_latents(1) == 10
+    latents = mx.array(np.random.default_rng(7).standard_normal((2, 23, config["latent_dim"])).astype(np.float32))
+    one_shot = np.array(model.decoder(latents))
+    calls = []
+    original = model.decode_chunks
+    monkeypatch.setattr(model, "decode_chunks", lambda x, chunk: calls.append(chunk) or original(x, chunk=chunk))
+    tiled = np.array(model.decode(latents))
+    assert calls == [5]
+    assert tiled.shape == one_shot.shape
+    assert _rel(tiled, one_shot) <= 1e-6, _rel(tiled, one_shot)
+    short = latents[:, :5]
+    np.testing.assert_array_equal(np.array(model.decode(short)), np.array(model.decoder(short)))
+    assert calls == [5]  # no tiling at or below one tile
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_decode_chunks_exact_for_any_overlap(name):
     config = CONFIGS[name]
     model = _tiny_model(config, seed=4)
