@@ -128,7 +128,7 @@ class Results:
 
 
 def measure_ceiling(results: Results, smoke: bool, when: str) -> None:
-    """fp32 GEMM with every core (the machine's ceiling) and with livegen's own thread count."""
+    """fp32 GEMM with every core (the machine's ceiling), livegen's batch and its daemon thread count."""
     from bench.flops import measure_ceiling as measure
     from bench.timing import Threads
     from livegen import device
@@ -136,7 +136,8 @@ def measure_ceiling(results: Results, smoke: bool, when: str) -> None:
     sizes = (512,) if smoke else (1024, 2048)
     cores = os.cpu_count() or 1
     runs = []
-    for threads in sorted({cores, Threads.livegen or cores}, reverse=True):
+    for threads in sorted({cores, Threads.livegen or cores, device.default_blas_threads(realtime=True)},
+                          reverse=True):
         device.set_blas_threads(threads)
         runs += [dict(measure(n), blas_threads=threads) for n in sizes]
     Threads.use("livegen")
@@ -161,16 +162,18 @@ def run_sa_small(results: Results, args: argparse.Namespace, workdir: Path) -> N
         results.add(f"SA small DiT forward {label}", part, pair, extra)
     profile_dit(results, part, b, (1, 2), args.repeats)
     from bench.timing import Threads
+    from livegen import device
 
-    cores = os.cpu_count() or 1
-    if Threads.livegen is not None and Threads.livegen < cores and args.threads is None:
-        own = Threads.livegen  # like for like: livegen with every core too (what a batch job would use)
-        Threads.livegen = cores
+    realtime = device.default_blas_threads(realtime=True)
+    if Threads.livegen is not None and realtime < Threads.livegen and args.threads is None:
+        own = Threads.livegen  # also with the daemon's thread count (one core left to audio)
+        Threads.livegen = realtime
         try:
             for cfg, label in ((1.0, "b1"), (7.0, "b2 (cfg 7)")):
                 pair, extra = sa.dit_forward_pair(b, cfg, args.repeats, log)
-                extra["livegen_blas_threads"] = cores
-                results.add(f"SA small DiT forward {label}, livegen {cores} threads", part, pair, extra)
+                extra["livegen_blas_threads"] = realtime
+                results.add(f"SA small DiT forward {label}, livegen {realtime} threads (daemon)", part, pair,
+                            extra)
         finally:
             Threads.livegen = own
     pair, extra = sa.pingpong_pair(b, 8, args.slow_repeats, log)

@@ -49,8 +49,8 @@ class Pair:
 class Threads:
     """BLAS threads per side. livegen preloads one OpenBLAS for the whole process and torch uses it
     too, so its thread count (``openblas_set_num_threads``) is switched before every call: livegen
-    runs with its own default (``livegen.device.default_blas_threads()``: all cores but one, which
-    it leaves to the audio callback) and the reference with 1 BLAS thread beside torch's own
+    runs with its own batch default (``livegen.device.default_blas_threads()``: every core; the
+    daemon leaves one to the audio callback) and the reference with 1 BLAS thread beside torch's own
     OpenMP threads (``torch.get_num_threads()``), unless ``--threads N`` gives both N. Giving the
     reference's GEMMs as many BLAS threads as torch has OpenMP threads oversubscribes the cores:
     on 2 vCPUs a MusicGen step took 1.21 s that way and 0.16 s with 1 BLAS thread, the same as

@@ -60,13 +60,15 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def default_blas_threads() -> int:
-    """``LIVEGEN_CPU_THREADS`` if set, else all usable cores but one (at least one).
+def default_blas_threads(realtime: bool = False) -> int:
+    """``LIVEGEN_CPU_THREADS`` if set; else every usable core for batch work (``livegen generate``,
+    the Python API), and every core but one (at least one) when ``realtime`` (the daemon).
 
-    One core is left to the audio callback, the event loop and the host's other programs (a DAW):
-    OpenBLAS workers spin while they wait, and when a core they count on is busy elsewhere every
-    GEMM waits a scheduler time slice. On the 2-vCPU test machine under load, a full-size DiT
-    forward took 7.1 s with 2 BLAS threads and 1.4 s with 1."""
+    The daemon leaves a core to the audio callback, the event loop and the host's other programs
+    (a DAW): OpenBLAS workers spin while they wait, and when a core they count on is busy
+    elsewhere every GEMM waits a scheduler time slice (on the 2-vCPU test machine under load, a
+    full-size DiT forward took 7.1 s with 2 BLAS threads and 1.4 s with 1). A batch job on a
+    quiet machine is fastest with every core (the same forward: 0.81 s with 2, 1.11 s with 1)."""
     env = os.environ.get("LIVEGEN_CPU_THREADS", "").strip()
     if env:
         try:
@@ -76,7 +78,8 @@ def default_blas_threads() -> int:
         if value < 1:
             raise ValueError(f"LIVEGEN_CPU_THREADS must be a positive integer, got {env!r}")
         return value
-    return max(1, _cpu_count() - 1)
+    cores = _cpu_count()
+    return max(1, cores - 1) if realtime else cores
 
 
 def set_blas_threads(threads: int) -> bool:
@@ -94,10 +97,12 @@ def set_blas_threads(threads: int) -> bool:
 
 
 def configure_mlx(*, threads: int | None = None, cache_limit: int | None = None,
-                  force: bool = False) -> dict[str, object]:
-    """Runtime settings for fast inference, applied once per process (the pipelines call it).
+                  force: bool = False, realtime: bool = False) -> dict[str, object]:
+    """Runtime settings for fast inference, applied once per process (the pipelines call it; the
+    daemon calls it first with ``realtime=True``).
 
-    - CPU: the preloaded OpenBLAS runs ``threads`` threads (default ``default_blas_threads()``).
+    - CPU: the preloaded OpenBLAS runs ``threads`` threads (default
+      ``default_blas_threads(realtime)``).
     - ``cache_limit`` (bytes): MLX's buffer cache limit, if given. MLX's CPU default (32 MB) makes
       element-wise ops on arrays above it ~6x slower (fresh pages each time: 38 ms vs 6 ms for a
       64 MB multiply-add), but the DiT's arrays stay below it and a larger limit made the Oobleck
@@ -105,13 +110,13 @@ def configure_mlx(*, threads: int | None = None, cache_limit: int | None = None,
       so by default it is left alone.
     Returns what was applied (``{"blas_threads": n or None, "cache_limit": bytes or None}``)."""
     global _configured
-    if _configured is not None and not force and threads is None and cache_limit is None:
+    if _configured is not None and not force and threads is None and cache_limit is None and not realtime:
         return _configured
     import mlx.core as mx
 
     applied: dict[str, object] = {"blas_threads": None, "cache_limit": None}
     if not mx.is_available(mx.gpu):
-        n = threads if threads is not None else default_blas_threads()
+        n = threads if threads is not None else default_blas_threads(realtime)
         if set_blas_threads(n):
             applied["blas_threads"] = n
     if cache_limit is not None:

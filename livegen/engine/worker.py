@@ -340,8 +340,11 @@ class Worker:
         from livegen import device
 
         info = device.detect()
+        device.configure_mlx(realtime=True)  # BLAS threads: one core stays free for audio and I/O
         gflops = device.gemm_gflops(n=512, repeats=2)
-        self._emit(WorkerEvent(DEVICE, reason=f"{info.describe()}; fp32 GEMM {gflops:.0f} GFLOP/s",
+        threads = device.configure_mlx().get("blas_threads")
+        threads_note = f", {threads} BLAS threads" if threads else ""
+        self._emit(WorkerEvent(DEVICE, reason=f"{info.describe()}; fp32 GEMM {gflops:.0f} GFLOP/s{threads_note}",
                                seconds=time.monotonic() - start_all))
         for name, loader in self._loaders.items():
             if self._stopping:

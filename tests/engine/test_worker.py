@@ -114,6 +114,10 @@ def test_load_warm_generate_progress_done():
         await h.wait(READY)
         assert [e.kind for e in h.events[:5]] == [DEVICE, LOADING, LOADED, WARMED, READY]
         assert "GFLOP/s" in h.events[0].reason and "BLAS" in h.events[0].reason
+        from livegen import _blas, device
+
+        if _blas.status()[0] and device.detect().device == "cpu":  # the daemon's realtime thread count
+            assert f", {device.default_blas_threads(realtime=True)} BLAS threads" in h.events[0].reason
         assert engine.warmed == [1.0]
         job, replaced = worker.submit(Request("pad", seconds=0.5, steps=3, seed=7))
         assert replaced == []

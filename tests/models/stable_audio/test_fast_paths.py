@@ -145,10 +145,13 @@ def test_default_blas_threads(monkeypatch):
     monkeypatch.setenv("LIVEGEN_CPU_THREADS", "3")
     assert device.default_blas_threads() == 3
     monkeypatch.setattr(device, "_cpu_count", lambda: 8)
+    assert device.default_blas_threads(realtime=True) == 3  # the variable wins everywhere
     monkeypatch.delenv("LIVEGEN_CPU_THREADS")
-    assert device.default_blas_threads() == 7  # one core left to audio and the host
+    assert device.default_blas_threads() == 8  # batch work: every core
+    assert device.default_blas_threads(realtime=True) == 7  # the daemon: one core left to audio
     monkeypatch.setattr(device, "_cpu_count", lambda: 1)
     assert device.default_blas_threads() == 1
+    assert device.default_blas_threads(realtime=True) == 1
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv("LIVEGEN_CPU_THREADS", bad)
         with pytest.raises(ValueError, match="LIVEGEN_CPU_THREADS"):
@@ -173,3 +176,20 @@ def test_configure_mlx_sets_blas_threads():
         assert rel(a @ a, np.array(a, dtype=np.float64) @ np.array(a, dtype=np.float64)) < 1e-5
     finally:
         device.configure_mlx(threads=before, force=True)
+
+
+def test_configure_mlx_realtime_leaves_a_core_and_pipelines_keep_it(monkeypatch):
+    from livegen import device
+
+    if mx.is_available(mx.gpu):
+        pytest.skip("BLAS threads only apply on the CPU")
+    calls: list[int] = []
+    monkeypatch.delenv("LIVEGEN_CPU_THREADS", raising=False)
+    monkeypatch.setattr(device, "_configured", None)
+    monkeypatch.setattr(device, "_cpu_count", lambda: 4)
+    monkeypatch.setattr(device, "set_blas_threads", lambda n: calls.append(n) or True)
+    assert device.configure_mlx(realtime=True)["blas_threads"] == 3  # the daemon, first
+    assert device.configure_mlx()["blas_threads"] == 3  # a pipeline loading later keeps it
+    assert calls == [3]
+    assert device.configure_mlx(force=True)["blas_threads"] == 4  # batch default: every core
+    assert calls == [3, 4]
