@@ -159,6 +159,15 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1))
 
 
+def _weight_product(x: mx.array, w: mx.array) -> mx.array:
+    """``x @ w.T`` for the few rows of a decoding step, computed as ``(w @ rows.T).T``: OpenBLAS
+    streams the weight faster in this orientation (measured on the CPU test machine, 2 threads:
+    [2, 1024] x [1024, 4096] 1.27 ms -> 1.00 ms; a musicgen-small step 8 % faster)."""
+    *lead, d = x.shape
+    rows = x.reshape(-1, d)
+    return (w @ rows.T).T.reshape(*lead, w.shape[0])
+
+
 @cache
 def _step_functions(
     activation: str, heads: int, scale: float, eps: float, cross: bool, masked: bool
@@ -172,6 +181,7 @@ def _step_functions(
     generation shape; the cache update and the self-attention (whose length grows) stay outside.
     """
     act = _activation(activation)
+    mm = _weight_product
 
     def split(y: mx.array) -> mx.array:
         b, t, d = y.shape
@@ -184,22 +194,22 @@ def _step_functions(
     def pre(x: mx.array, ln_w: mx.array, ln_b: mx.array, weights: list[mx.array]) -> list[mx.array]:
         h = mx.fast.layer_norm(x, ln_w, ln_b, eps)
         if len(weights) == 3:
-            return [split(h @ w.T) for w in weights]
-        y = h @ weights[0].T
+            return [split(mm(h, w)) for w in weights]
+        y = mm(h, weights[0])
         d = x.shape[-1]
         return [split(y[..., i * d : (i + 1) * d]) for i in range(3)]
 
     def post(x: mx.array, attn: mx.array, p: dict[str, mx.array]) -> mx.array:
-        x = x + merge(attn) @ p["wo"].T
+        x = x + mm(merge(attn), p["wo"])
         if cross:
             h = mx.fast.layer_norm(x, p["xln_w"], p["xln_b"], eps)
-            q = split(h @ p["xwq"].T)
+            q = split(mm(h, p["xwq"]))
             o = mx.fast.scaled_dot_product_attention(
                 q, p["xk"], p["xv"], scale=scale, mask=p["xmask"] if masked else None
             )
-            x = x + merge(o) @ p["xwo"].T
+            x = x + mm(merge(o), p["xwo"])
         h = mx.fast.layer_norm(x, p["fln_w"], p["fln_b"], eps)
-        return x + act(h @ p["fc1"].T) @ p["fc2"].T
+        return x + mm(act(mm(h, p["fc1"])), p["fc2"])
 
     return mx.compile(pre), mx.compile(post)
 
@@ -398,7 +408,8 @@ class MusicGenLM(nn.Module):
         if not self.fused:
             return mx.stack([head(x) for head in self.lm_heads], axis=1)
         b, t, _ = x.shape
-        y = x @ self._heads.weight(self.lm_heads).T  # [B, T, K * vocab]
+        w = self._heads.weight(self.lm_heads)
+        y = _weight_product(x, w) if t == 1 else x @ w.T  # [B, T, K * vocab]
         return y.reshape(b, t, len(self.lm_heads), -1).transpose(0, 2, 1, 3)
 
     def make_cache(self, capacity: int | None = None) -> list[KVCache]:
