@@ -74,6 +74,11 @@ def fast_paths(enabled: bool | None) -> Iterator[None]:
 _LOG2E = 1.4426950408889634
 _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 split so that n * _LN2_HI is exact (Cody-Waite)
 _EXP_COEFFS = tuple(1 / math.factorial(k) for k in range(9))  # e^r, |r| <= ln(2) / 2
+_ROUND_MAGIC = 12582912.0  # 1.5 * 2**23: (y + M) - M is y rounded to an integer in float32 (|y| < 2**22)
+# Largest attention score block of the explicit CPU attention (bytes): heads are processed in groups
+# whose scores stay well inside MLX's buffer cache. Full-size Stable Audio Open 1.0 self-attention
+# (batch 2, 24 heads, 1025 tokens): 953 ms in one block, 298 ms in blocks of one head.
+ATTENTION_BLOCK_BYTES = 8 * 1024 * 1024
 
 
 def exp_poly(x: mx.array) -> mx.array:
@@ -82,7 +87,7 @@ def exp_poly(x: mx.array) -> mx.array:
     bits. Inputs are clamped to [-87, 88] (the float32 normal range; exp(-87) ~ 1.6e-38 stands in
     for smaller values)."""
     x = mx.clip(x, -87.0, 88.0)
-    n = mx.floor(x * _LOG2E + 0.5)
+    n = (x * _LOG2E + _ROUND_MAGIC) - _ROUND_MAGIC  # round to nearest with adds (vectorisable)
     r = x - n * _LN2_HI
     r = r - n * _LN2_LO
     p = _EXP_COEFFS[8]
@@ -107,15 +112,23 @@ def _softmax_fast(scores: mx.array) -> mx.array:
 
 def attention_explicit(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
     """softmax(q k^T scale) v for q [B, H, L, D] and k/v [B, Hkv, S, D] (H a multiple of Hkv; query
-    head h reads key/value head h // (H / Hkv), as ``mx.fast.scaled_dot_product_attention``)."""
+    head h reads key/value head h // (H / Hkv), as ``mx.fast.scaled_dot_product_attention``).
+
+    The (batch, key/value head) pairs are processed in groups whose score blocks stay within
+    ``ATTENTION_BLOCK_BYTES``; each group is one batched GEMM, softmax and GEMM."""
     b, h, n, d = q.shape
-    hkv = k.shape[1]
-    if hkv != h:
-        q = q.reshape(b, hkv, h // hkv, n, d)
-        k, v = k[:, :, None], v[:, :, None]
-    p = _softmax_fast((q * scale) @ k.swapaxes(-1, -2))
-    out = p @ v
-    return out.reshape(b, h, n, d) if hkv != h else out
+    hkv, s = k.shape[1], k.shape[2]
+    g = h // hkv
+    q = q.reshape(b * hkv, g, n, d)
+    k, v = k.reshape(b * hkv, 1, s, d), v.reshape(b * hkv, 1, s, v.shape[-1])
+    per_pair = g * n * s * 4
+    group = max(1, ATTENTION_BLOCK_BYTES // per_pair)
+    outs = [
+        _softmax_fast((q[i : i + group] * scale) @ k[i : i + group].swapaxes(-1, -2)) @ v[i : i + group]
+        for i in range(0, b * hkv, group)
+    ]
+    out = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=0)
+    return out.reshape(b, h, n, out.shape[-1])
 
 
 def rotary_tables(length: int, rotary_dim: int, base: float = 10000.0) -> tuple[mx.array, mx.array]:

@@ -43,8 +43,11 @@ def test_swiglu_fast_matches_silu():
     assert rel(D._swiglu_fast(x, gate), x * nn.silu(gate)) < TOL
 
 
+@pytest.mark.parametrize("block_pairs", [None, 1, 3])  # default (one block here), one (batch, kv head) pair, 3
 @pytest.mark.parametrize("heads, kv_heads, n, s", [(4, 4, 17, 17), (4, 2, 17, 5), (6, 1, 3, 11)])
-def test_attention_explicit_matches_sdpa(heads, kv_heads, n, s):
+def test_attention_explicit_matches_sdpa(heads, kv_heads, n, s, block_pairs, monkeypatch):
+    if block_pairs is not None:  # score blocks of block_pairs (batch, key/value head) pairs
+        monkeypatch.setattr(D, "ATTENTION_BLOCK_BYTES", block_pairs * (heads // kv_heads) * n * s * 4)
     rng = np.random.default_rng(heads * 10 + kv_heads)
     q = mx.array(rng.standard_normal((2, heads, n, 16)).astype(np.float32) * 3)
     k = mx.array(rng.standard_normal((2, kv_heads, s, 16)).astype(np.float32) * 3)
@@ -193,3 +196,33 @@ def test_configure_mlx_realtime_leaves_a_core_and_pipelines_keep_it(monkeypatch)
     assert calls == [3]
     assert device.configure_mlx(force=True)["blas_threads"] == 4  # batch default: every core
     assert calls == [3, 4]
+
+
+def test_configure_mlx_raises_the_cpu_buffer_cache(monkeypatch):
+    from livegen import device
+
+    if mx.default_device() != mx.cpu:
+        pytest.skip("the cache limit default applies on the CPU")
+    monkeypatch.setattr(device, "_configured", None)
+    monkeypatch.setattr(device, "default_cache_limit", lambda: 96 << 20)
+    previous = mx.set_cache_limit(0)
+    mx.set_cache_limit(previous)
+    try:
+        assert device.configure_mlx(force=True)["cache_limit"] == 96 << 20
+        assert mx.set_cache_limit(previous) == 96 << 20  # returns the limit that was in force
+        assert device.configure_mlx(cache_limit=48 << 20, force=True)["cache_limit"] == 48 << 20
+    finally:
+        mx.set_cache_limit(previous)
+
+
+def test_default_cache_limit_bounds(monkeypatch):
+    from livegen import device
+
+    pages = {"SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(device.os, "sysconf", lambda name: pages.get(name, pages["phys"]))
+    pages["phys"] = (64 << 30) // 4096  # 64 GiB: capped at 1 GiB
+    assert device.default_cache_limit() == 1 << 30
+    pages["phys"] = (8 << 30) // 4096  # 8 GiB: a sixteenth
+    assert device.default_cache_limit() == 512 << 20
+    pages["phys"] = (256 << 20) // 4096  # tiny machine: at least 64 MiB
+    assert device.default_cache_limit() == 64 << 20
