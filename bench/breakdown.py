@@ -32,7 +32,17 @@ def _time(fn: Callable[[], Any], repeats: int) -> float:
 
 def dit_block_profile(cfg: Any, length: int, cond_tokens: int, batch: int, repeats: int = 3) -> dict[str, Any]:
     """Median seconds and GFLOP/s of one DiT block's parts at ``length`` latents, ``batch`` rows."""
-    from livegen.models.stable_audio.dit import TransformerBlock, rotary_tables
+    from livegen.models.stable_audio.dit import (
+        TransformerBlock,
+        attention_explicit,
+        rotary_tables,
+        use_fast_paths,
+    )
+
+    def attend(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:  # what the block uses
+        if use_fast_paths():
+            return attention_explicit(q, k, v, scale)
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
 
     mx.random.seed(0)
     block = TransformerBlock(cfg)
@@ -55,8 +65,7 @@ def dit_block_profile(cfg: Any, length: int, cond_tokens: int, batch: int, repea
                   2 * batch * n * (4 * d * d + 2 * d * d + 3 * d * hidden + 2 * n * d + 2 * s * d)),
         "self_attention": (lambda: block.self_attn.self_attention(block.pre_norm(x), rope),
                            2 * batch * n * (4 * d * d + 2 * n * d)),
-        "  sdpa_kernel": (lambda: mx.fast.scaled_dot_product_attention(q, q, q, scale=dh**-0.5),
-                          2 * batch * n * 2 * n * d),
+        "  attention_kernel": (lambda: attend(q, q, q, dh**-0.5), 2 * batch * n * 2 * n * d),
         "cross_attention": (lambda: block.cross_attn.cross_attention(block.cross_attend_norm(x), kv[0], kv[1], None),
                             2 * batch * n * (2 * d * d + 2 * s * d)),
         "feed_forward": (lambda: block.ff(block.ff_norm(x)), 2 * batch * n * 3 * d * hidden),
