@@ -134,8 +134,15 @@ class Player:
         return self._bpm
 
     def launch_frame(self, launch: str) -> int:
-        """The frame a clip launched now with ``launch`` would start at."""
-        # One block of margin: a command posted now is applied at the next callback.
+        """The frame a clip launched now with ``launch`` would start at.
+
+        ``"now"``: the current stream frame, i.e. the first frame of the next callback's block. If a
+        callback is running while the command is posted, the mixer applies it one block later and
+        starts the clip at that block's first frame, from the clip's own first frame, so nothing is
+        cut and the sound starts one period after the trigger at most. ``"beat"``/``"bar"`` keep one
+        block of margin so that a boundary is never chosen inside a block being rendered."""
+        if launch == "now":
+            return self._frame
         now = self._frame + max(1, int(self.settings.blocksize))
         return tempo_mod.next_launch_frame(now, launch, self._bpm, self._beats_per_bar, self.sample_rate,
                                            self._origin)

@@ -36,12 +36,24 @@ def test_callback_plays_a_clip_launched_now():
     p = _player()
     clip = np.full((2, 1000), 0.5, np.float32)
     start = p.schedule(0, clip, launch="now")
-    assert start == 256  # one block of margin
+    assert start == 0  # the very next block
     y = _run(p, 8)
-    assert np.all(y[:256] == 0)
-    assert np.allclose(y[256:1256], 0.5) and np.all(y[1256:] == 0)
+    assert np.allclose(y[:1000], 0.5) and np.all(y[1000:] == 0)
     s = p.stats()
     assert s["callbacks"] == 8 and s["frames"] == 2048 and s["underflows"] == 0
+
+
+def test_launch_now_posted_during_a_callback_starts_whole_at_the_next_block():
+    """The command was posted while the callback for frames [256, 512) was already running (so it
+    missed it): the clip starts at 512 from its first frame, nothing is skipped."""
+    p = _player()
+    _run(p, 1)  # frame 256
+    clip = np.arange(1, 601, dtype=np.float32)[None].repeat(2, 0) / 1000
+    start = p.schedule(0, clip, launch="now")
+    assert start == 256
+    out = np.zeros((256, 2), np.float32)
+    p.mixer.mix(out, 512)  # the block after the one the command missed
+    assert np.allclose(out[:, 0], clip[0, :256])
 
 
 def test_bar_launch_lands_on_the_bar_grid():
@@ -115,7 +127,7 @@ def test_streaming_voice_through_the_player():
     ring.write(np.full((2, 512), 0.25, np.float32))
     ring.close()
     y = _run(p, 4)
-    assert np.allclose(y[256:768], 0.25) and np.all(y[768:] == 0)
+    assert np.allclose(y[:512], 0.25) and np.all(y[512:] == 0)
 
 
 def test_resample_32k_to_44k1_keeps_a_tone():
