@@ -160,3 +160,19 @@ def test_smoke_run_writes_every_field(sat_ref, transformers_ref, tmp_path):
             assert d["cached"]["served_from_cache"] == [True]
         c = d["continuous"]
         assert c["clips_generated"] >= 1 and c["jack_xruns"] >= 0 and "underflows" in c
+
+
+@pytest.mark.parity
+def test_vae_precision_measures_against_float64(sat_ref, torch_ref, tmp_path):
+    from bench.vae_precision import measure
+    from tests.models.stable_audio.test_vae import SMALL_CONFIG
+
+    config = tmp_path / "model_config.json"
+    config.write_text(json.dumps({"model": {"pretransform": {"type": "autoencoder", "config": SMALL_CONFIG}}}))
+    result = measure(latents=5, seed=3, config=config)
+    assert set(result) == {"max_abs_output", "reference_fp32_vs_fp64", "livegen_vs_fp64",
+                           "livegen_native_conv_vs_fp64", "livegen_vs_reference_fp32"}
+    assert result["max_abs_output"] > 0
+    for key in ("reference_fp32_vs_fp64", "livegen_vs_fp64", "livegen_native_conv_vs_fp64"):
+        assert 0 < result[key] < 1e-5, (key, result[key])  # tiny and well conditioned: fp32 rounding only
+    assert result["livegen_vs_reference_fp32"] < 1e-5
