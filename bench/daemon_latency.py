@@ -311,12 +311,18 @@ def run(model: Path, t5: Path, cache: Path, workdir: Path, plan: Plan, log: Call
     if threads is not None:
         env["LIVEGEN_CPU_THREADS"] = str(threads)
     daemon_log = workdir / "daemon.log"
+    # The MIDI output (python-rtmidi on JACK) is opened before the recorder's JACK client exists and
+    # closed after it is gone: python-rtmidi keeps the GIL while it waits for the JACK server, and
+    # registering or removing a port makes the server wait for this process's recorder callbacks,
+    # which need the GIL (a deadlock seen once when the port was opened mid-run).
+    be = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
+    out_client, out_port = f"lgbench_out{os.getpid()}", "midi_out"
+    midi_out = be.open_output(out_port, virtual=True, client_name=out_client)
     rec = OnsetRecorder()  # before the daemon starts: it watches for the daemon's ports appearing
     t_start = time.perf_counter()
     with open(daemon_log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "livegen", "serve", "--config", str(config)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
-    midi_out = None
     result: dict[str, Any] = {"clip_seconds": plan.seconds, "steps": plan.steps}
     try:
         try:
@@ -362,8 +368,10 @@ def run(model: Path, t5: Path, cache: Path, workdir: Path, plan: Plan, log: Call
         result["uncached"] = {"samples": uncached, "median": statistics.median(uncached) if uncached else None}
 
         # -- cached: a pad with a fixed prompt, pre-rendered by the daemon in idle time
-        be = mido.Backend("mido.backends.rtmidi/UNIX_JACK")
-        midi_out = be.open_output(f"{midi_name}:midi_in")
+        sources = rec.client.get_ports(f"{out_client}.*:{out_port}", is_midi=True, is_output=True)
+        if not sources:
+            raise RuntimeError(f"the bench's JACK MIDI output {out_client}:{out_port} is missing")
+        rec.client.connect(sources[0], f"{midi_name}:midi_in")
         status = _status(osc, port)
         ready = _prerender_ready(status)
         if ready is None:
@@ -433,8 +441,7 @@ def run(model: Path, t5: Path, cache: Path, workdir: Path, plan: Plan, log: Call
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if midi_out is not None:
-            midi_out.close()
         rec.close()
+        midi_out.close()  # after the recorder's client is gone (see above)
         status_osc.close()
         osc.close()

@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MusicGen frames generated per run (default 150 = 3 s; smoke: 6)")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS (and torch) threads for both sides; default: each side its own default "
-                        "(livegen: all cores but one, see livegen.device; the reference: torch's)")
+                        "(livegen: every core, the daemon all but one, see livegen.device; the reference: "
+                        "1 BLAS thread beside torch's own threads)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON results (default {DEFAULT_OUT}; with --smoke {SMOKE_OUT})")
     p.add_argument("--workdir", type=Path, default=None,
@@ -182,6 +183,10 @@ def run_sa_small(results: Results, args: argparse.Namespace, workdir: Path) -> N
     results.add("SA small VAE decode", part, pair, extra)
     pair, extra = sa.generate_pair(b, 8, args.slow_repeats, log)
     results.add("SA small generate (whole)", part, pair, extra)
+    from bench.streaming import stable_audio_first_audio
+
+    results.data.setdefault("streaming", {})["sa-small"] = stable_audio_first_audio(
+        b.pipe, b.seconds, 8, 16 if not args.smoke else 2, args.slow_repeats, log)
 
 
 def run_sa_10(results: Results, args: argparse.Namespace, workdir: Path) -> None:
@@ -225,6 +230,11 @@ def run_musicgen(results: Results, args: argparse.Namespace, workdir: Path) -> N
         stats = results.data["measurements"][-1][side]
         if stats.get("steps_per_s"):
             stats["fraction_of_bandwidth_bound"] = stats["steps_per_s"] / bound
+    from bench.streaming import musicgen_first_audio
+
+    seconds = args.musicgen_frames / b.pipe.frame_rate
+    results.data.setdefault("streaming", {})["musicgen"] = musicgen_first_audio(
+        b.pipe, seconds, 0.5 if not args.smoke else 2 / b.pipe.frame_rate, args.repeats, log)
 
 
 def run_daemon(results: Results, args: argparse.Namespace, workdir: Path) -> None:
@@ -310,6 +320,12 @@ def table(data: dict[str, Any]) -> str:
         if c:
             out.append(f"daemon continuous generation {c['seconds']:.0f} s: {c['clips_generated']} clips, "
                        f"{c['jack_xruns']} JACK xruns, {c['underflows']} underflows")
+    for key, label in (("sa-small", "SA small generate_stream"), ("musicgen", "MusicGen small generate_stream")):
+        st = data.get("streaming", {}).get(key)
+        if st:
+            out.append(f"{label} ({st['seconds']:.1f} s of audio): first audio after "
+                       f"{_fmt_time(st['median_first_audio_s'])}, whole clip {_fmt_time(st['median_full_clip_s'])} "
+                       f"({100 * st['first_over_full']:.0f} %; n={len(st['runs'])})")
     for part, err in data["errors"].items():
         out.append(f"ERROR in {part}: {err.splitlines()[-1] if err else ''}")
     for part, why in data["not_measured"].items():

@@ -21,7 +21,32 @@ from typing import Any
 import yaml
 
 REPO_MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
-DEFAULT_MAPPING = REPO_MAPPINGS / "default.yaml"
+PACKAGE_MAPPINGS = Path(__file__).resolve().parent / "mappings"  # where a wheel puts livegen.mappings
+
+
+def shipped_mappings_dir() -> Path:
+    """The folder of the mappings that ship with livegen: the copy a wheel installs as the package
+    data ``livegen.mappings``, else (a source checkout or an editable install) the repository's
+    ``mappings/``."""
+    installed = PACKAGE_MAPPINGS
+    return installed if installed.is_dir() else REPO_MAPPINGS
+
+
+def shipped_mapping_names() -> list[str]:
+    return sorted(p.stem for p in shipped_mappings_dir().glob("*.yaml"))
+
+
+def shipped_mapping(name: str) -> Path | None:
+    """The shipped mapping called ``name`` (``akai-mpd218`` or ``akai-mpd218.yaml``), or None. A
+    value with a folder in it is a path, never a shipped name."""
+    if not name or "/" in name or os.sep in name:
+        return None
+    file = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    path = shipped_mappings_dir() / file
+    return path if path.is_file() else None
+
+
+DEFAULT_MAPPING = shipped_mappings_dir() / "default.yaml"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +259,7 @@ class Settings:
     tempo: TempoSettings = _f(factory=TempoSettings, doc="Tempo.")
     engine: EngineSettings = _f(factory=EngineSettings, doc="Generation thread.")
     prerender: PrerenderSettings = _f(factory=PrerenderSettings, doc="Pre-rendering.")
-    mappings: list[Path] = _f(factory=lambda: [DEFAULT_MAPPING], doc="Mapping files, applied in order.")
+    mappings: list[Path] = _f(factory=lambda: [DEFAULT_MAPPING], doc="Mapping files, applied in order; a bare name (launchpad) is a shipped mapping.")
     log_level: str = _f("info", choices=("debug", "info", "warning", "error"), doc="Log verbosity.")
 
     def model(self, name: str | None = None) -> ModelSettings:
@@ -418,6 +443,10 @@ def settings_from_dict(data: Any, source: str = "<settings>", base_dir: Path | N
     if not isinstance(data, dict):
         raise SettingsError([f"{source}:1: the settings file must be a mapping of 'key: value' lines."])
     settings = _build(Settings, data, "", ctx)
+    raw = data.get("mappings")
+    if isinstance(raw, list) and len(raw) == len(settings.mappings):  # names of shipped mappings
+        named = [shipped_mapping(str(r)) if not p.exists() else None for r, p in zip(raw, settings.mappings, strict=True)]
+        settings = dataclasses.replace(settings, mappings=[n or p for n, p in zip(named, settings.mappings, strict=True)])
     if settings.default_model not in settings.models:
         line = data.line_of("default_model") if isinstance(data, LineDict) else 1
         known = ", ".join(sorted(settings.models)) or "none"

@@ -119,6 +119,12 @@ def test_smoke_run_writes_every_field(sat_ref, transformers_ref, tmp_path):
     assert names == ["SA small DiT forward b1", "SA small DiT forward b2 (cfg 7)", "SA small 8-step ping-pong loop",
                      "SA small VAE decode", "SA small generate (whole)", "MusicGen small decode step (cfg 3, b2)",
                      "SA 1.0 DiT forward b2 (cfg 7)"]
+    for key in ("sa-small", "musicgen"):  # first audio vs whole clip of the streaming paths
+        st = data["streaming"][key]
+        assert len(st["runs"]) == 1 and st["runs"][0]["pieces"] >= 2, (key, st)
+        assert 0 < st["median_first_audio_s"] < st["median_full_clip_s"], (key, st)
+        assert 0 < st["first_over_full"] < 1
+    assert data["streaming"]["sa-small"]["median_sampled_s"] < data["streaming"]["sa-small"]["median_first_audio_s"]
     settings = data["settings"]
     assert settings["livegen_blas_threads"] >= 1 and settings["reference_blas_threads"] >= 1
     extra = [m for m in data["measurements"] if "threads" in m["name"]]  # livegen with the daemon's threads

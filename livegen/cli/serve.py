@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the MIDI/OSC-driven generation daemon")
     p.add_argument("--config", type=Path, help="settings file (YAML); defaults when omitted")
     p.add_argument("--mapping", type=Path, action="append", default=None,
-                   help="mapping file (repeatable); replaces the settings' mappings")
+                   help="mapping file or the name of a shipped one, e.g. akai-mpd218 (repeatable); "
+                        "replaces the settings' mappings")
     p.add_argument("--model", help="a model name from the settings, or a checkpoint folder / repo id "
                                    "for the default model")
     p.add_argument("--dry-run", action="store_true", help="validate settings and mappings, then exit")
@@ -37,10 +38,16 @@ def load(args: argparse.Namespace):  # noqa: ANN201 - returns livegen.settings.S
     except SettingsError as exc:
         raise UsageError("invalid settings:\n" + "\n".join(exc.errors)) from None
     if args.mapping:
-        missing = [str(p) for p in args.mapping if not p.is_file()]
+        from livegen.settings import shipped_mapping, shipped_mapping_names
+
+        found, missing = [], []
+        for p in args.mapping:
+            path = p.resolve() if p.is_file() else shipped_mapping(str(p))
+            (found if path else missing).append(path or str(p))
         if missing:
-            raise UsageError(f"mapping file(s) not found: {', '.join(missing)}")
-        settings = dataclasses.replace(settings, mappings=[p.resolve() for p in args.mapping])
+            raise UsageError(f"mapping file(s) not found: {', '.join(missing)} "
+                             f"(shipped mappings, usable by name: {', '.join(shipped_mapping_names())})")
+        settings = dataclasses.replace(settings, mappings=found)
     if args.model:
         if args.model in settings.models:
             settings = dataclasses.replace(settings, models={args.model: settings.models[args.model]},
