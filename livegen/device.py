@@ -82,8 +82,25 @@ def default_blas_threads(realtime: bool = False) -> int:
     return max(1, cores - 1) if realtime else cores
 
 
+def realtime() -> bool:
+    """Whether ``configure_mlx(realtime=True)`` was applied: generation shares the process (and
+    the GIL) with an audio callback, so work that frees many arrays from Python is avoided (see
+    ``AudioAutoencoder.tile_latents``)."""
+    return bool(_configured and _configured.get("realtime"))
+
+
 def default_cache_limit() -> int:
-    """MLX buffer cache for the CPU: 1 GiB, or a sixteenth of the physical memory if that is less."""
+    """MLX buffer cache for the CPU: ``LIVEGEN_MLX_CACHE_MB`` if set, else 1 GiB, or a sixteenth of
+    the physical memory if that is less (at least 64 MiB)."""
+    env = os.environ.get("LIVEGEN_MLX_CACHE_MB", "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ValueError(f"LIVEGEN_MLX_CACHE_MB must be a whole number of MiB, got {env!r}") from None
+        if value < 0:
+            raise ValueError(f"LIVEGEN_MLX_CACHE_MB must be a whole number of MiB, got {env!r}")
+        return value << 20
     limit = 1 << 30
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -114,24 +131,30 @@ def configure_mlx(*, threads: int | None = None, cache_limit: int | None = None,
     - CPU: the preloaded OpenBLAS runs ``threads`` threads (default
       ``default_blas_threads(realtime)``).
     - ``cache_limit`` (bytes): MLX's buffer cache limit; on the CPU by default
-      ``default_cache_limit()`` (1 GiB, less on small machines), elsewhere MLX's own. MLX's CPU
+      ``default_cache_limit()`` (1 GiB, less on small machines) for batch work, and MLX's own
+      (32 MB) in the daemon and on GPUs. In the daemon the large cache cost audio: a minute of
+      back-to-back full-size generation on the JACK dummy server gave 11 xruns and 5 callback
+      underflows with 1 GiB and 0 and 0 with MLX's default (bench/daemon_latency.py, same run). MLX's CPU
       default (32 MB) gives arrays above it fresh pages on every allocation, which makes
       element-wise work on them several times slower: on the CPU test machine the attention softmax
       of a Stable Audio small forward at batch 2 took 31 ms at 32 MB and 12 ms at 1 GB, and the
       batch-2 forward 2.32 s vs 2.06 s. The Oobleck decode, which once was slower with a large
       cache, now runs in tiles that fit either way (``AudioAutoencoder.tile_latents``).
-    Returns what was applied (``{"blas_threads": n or None, "cache_limit": bytes or None}``)."""
+    - ``realtime``: this process plays audio from a Python callback while it generates (the
+      daemon); see ``realtime()``.
+    Returns what was applied (``{"blas_threads": n or None, "cache_limit": bytes or None,
+    "realtime": bool}``)."""
     global _configured
     if _configured is not None and not force and threads is None and cache_limit is None and not realtime:
         return _configured
     import mlx.core as mx
 
-    applied: dict[str, object] = {"blas_threads": None, "cache_limit": None}
+    applied: dict[str, object] = {"blas_threads": None, "cache_limit": None, "realtime": bool(realtime)}
     if not mx.is_available(mx.gpu):
         n = threads if threads is not None else default_blas_threads(realtime)
         if set_blas_threads(n):
             applied["blas_threads"] = n
-    if cache_limit is None and mx.default_device().type == mx.DeviceType.cpu:
+    if cache_limit is None and mx.default_device().type == mx.DeviceType.cpu and not realtime:
         cache_limit = default_cache_limit()
     if cache_limit is not None:
         mx.set_cache_limit(int(cache_limit))

@@ -519,15 +519,22 @@ class AudioAutoencoder(nn.Module):
         return mx.concatenate(list(self.decode_chunks(latents, chunk=tile)), axis=1)
 
     def tile_latents(self, batch: int = 1) -> int | None:
-        """Latent frames per tile of the CPU decode, or None (one shot, e.g. on a GPU).
+        """Latent frames per tile of the CPU decode, or None (one shot: on a GPU, and in the daemon).
 
         The full-rate layers' activations (``batch x tile x ratio x channels`` floats) are kept
         within ``DECODE_TILE_BYTES``, below MLX's CPU buffer cache (32 MB by default): arrays that
         fit are recycled from the cache, larger ones get fresh pages every time, which makes the
         element-wise layers several times slower. Full-size Stable Audio small, 256 latents, 1 BLAS
         thread: 18.8 s one shot, 11.8 s in tiles of 16 (the streaming decoder computes every sample
-        once, so tiles cost no recomputation)."""
-        if mx.default_device().type != mx.DeviceType.cpu:
+        once, so tiles cost no recomputation).
+
+        The daemon (``livegen.device.realtime()``) decodes in one shot: the Python-side work
+        between tiles (mostly releasing the streaming decoder's state) held the GIL for 20-90 ms at
+        a time on the CPU test machine (one shot: at most 4 ms), long enough for the audio
+        callback, which needs the GIL, to miss its 5.8 ms period."""
+        from livegen import device
+
+        if mx.default_device().type != mx.DeviceType.cpu or device.realtime():
             return None
         dec = self.config.decoder
         per_latent = batch * self.decoder.upsampling * dec.channels * 4

@@ -218,6 +218,13 @@ def test_configure_mlx_raises_the_cpu_buffer_cache(monkeypatch):
 def test_default_cache_limit_bounds(monkeypatch):
     from livegen import device
 
+    monkeypatch.setenv("LIVEGEN_MLX_CACHE_MB", "32")
+    assert device.default_cache_limit() == 32 << 20
+    for bad in ("-1", "lots"):
+        monkeypatch.setenv("LIVEGEN_MLX_CACHE_MB", bad)
+        with pytest.raises(ValueError, match="LIVEGEN_MLX_CACHE_MB"):
+            device.default_cache_limit()
+    monkeypatch.delenv("LIVEGEN_MLX_CACHE_MB")
     pages = {"SC_PAGE_SIZE": 4096}
     monkeypatch.setattr(device.os, "sysconf", lambda name: pages.get(name, pages["phys"]))
     pages["phys"] = (64 << 30) // 4096  # 64 GiB: capped at 1 GiB
@@ -226,3 +233,27 @@ def test_default_cache_limit_bounds(monkeypatch):
     assert device.default_cache_limit() == 512 << 20
     pages["phys"] = (256 << 20) // 4096  # tiny machine: at least 64 MiB
     assert device.default_cache_limit() == 64 << 20
+
+
+def test_realtime_keeps_mlx_cache_and_one_shot_decode(monkeypatch):
+    from livegen import device
+    from livegen.models.stable_audio.vae import AudioAutoencoder, AutoencoderConfig
+    from tests.models.stable_audio.test_vae import SMALL_CONFIG
+
+    if mx.default_device() != mx.cpu:
+        pytest.skip("CPU defaults")
+    vae = AudioAutoencoder(AutoencoderConfig.from_dict(SMALL_CONFIG))
+    monkeypatch.setattr(device, "_configured", None)
+    monkeypatch.setattr(device, "set_blas_threads", lambda n: True)
+    previous = mx.set_cache_limit(0)
+    mx.set_cache_limit(previous)
+    try:
+        assert not device.realtime() and vae.tile_latents(1) is not None
+        applied = device.configure_mlx(realtime=True)
+        assert applied["realtime"] and applied["cache_limit"] is None  # the daemon: MLX's own cache
+        assert device.realtime() and vae.tile_latents(1) is None  # and one-shot decodes
+        applied = device.configure_mlx(force=True)
+        assert not applied["realtime"] and applied["cache_limit"] == device.default_cache_limit()
+        assert vae.tile_latents(1) is not None
+    finally:
+        mx.set_cache_limit(previous)
