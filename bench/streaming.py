@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.timing import Threads
+
 PROMPT = "warm deep techno loop with analog bass"
 
 
@@ -31,6 +33,7 @@ def _summary(runs: list[dict[str, float]]) -> dict[str, Any]:
 def stable_audio_first_audio(pipe: Any, seconds: float, steps: int, chunk_latents: int, repeats: int,
                              log: Callable[[str], None]) -> dict[str, Any]:
     """``generate_stream`` at cfg 1 with ping-pong ``steps``, ``chunk_latents`` per piece."""
+    Threads.use("livegen")  # livegen's own BLAS threads (a side-by-side run may have left the reference's)
 
     def run(secs: float, seed: int) -> dict[str, float]:
         sampled: list[float] = []
@@ -64,6 +67,7 @@ def stable_audio_first_audio(pipe: Any, seconds: float, steps: int, chunk_latent
 def musicgen_first_audio(pipe: Any, seconds: float, chunk_seconds: float, repeats: int,
                          log: Callable[[str], None]) -> dict[str, Any]:
     """``generate_stream`` with guidance 3, top-k 250, ``chunk_seconds`` per piece."""
+    Threads.use("livegen")  # livegen's own BLAS threads (a side-by-side run may have left the reference's)
 
     def run(secs: float, seed: int) -> dict[str, float]:
         t0 = time.perf_counter()
