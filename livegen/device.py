@@ -136,8 +136,8 @@ def configure_mlx(*, threads: int | None = None, cache_limit: int | None = None,
       back-to-back full-size generation on the JACK dummy server gave 11 xruns and 5 callback
       underflows with 1 GiB and 0 and 0 with MLX's default (bench/daemon_latency.py, same run). MLX's CPU
       default (32 MB) gives arrays above it fresh pages on every allocation, which makes
-      element-wise work on them several times slower: on the CPU test machine the attention softmax
-      of a Stable Audio small forward at batch 2 took 31 ms at 32 MB and 12 ms at 1 GB, and the
+      element-wise work on them several times slower: on the CPU test machine the attention of a
+      Stable Audio small block at batch 2 took 39 ms at 32 MB and 12.5 ms at 1 GB, and the
       batch-2 forward 2.32 s vs 2.06 s. The Oobleck decode, which once was slower with a large
       cache, now runs in tiles that fit either way (``AudioAutoencoder.tile_latents``).
     - ``realtime``: this process plays audio from a Python callback while it generates (the
