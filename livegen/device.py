@@ -60,6 +60,21 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _env_int(name: str, minimum: int, what: str) -> int | None:
+    """The integer in environment variable ``name`` (None when unset or empty); ValueError if it
+    is not an integer >= ``minimum``."""
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return None
+    try:
+        value = int(env)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise ValueError(f"{name} must be {what}, got {env!r}")
+    return value
+
+
 def default_blas_threads(realtime: bool = False) -> int:
     """``LIVEGEN_CPU_THREADS`` if set; else every usable core for batch work (``livegen generate``,
     the Python API), and every core but one (at least one) when ``realtime`` (the daemon).
@@ -69,14 +84,8 @@ def default_blas_threads(realtime: bool = False) -> int:
     elsewhere every GEMM waits a scheduler time slice (on the 2-vCPU test machine under load, a
     full-size DiT forward took 7.1 s with 2 BLAS threads and 1.4 s with 1). A batch job on a
     quiet machine is fastest with every core (the same forward: 0.81 s with 2, 1.11 s with 1)."""
-    env = os.environ.get("LIVEGEN_CPU_THREADS", "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(f"LIVEGEN_CPU_THREADS must be a positive integer, got {env!r}") from None
-        if value < 1:
-            raise ValueError(f"LIVEGEN_CPU_THREADS must be a positive integer, got {env!r}")
+    value = _env_int("LIVEGEN_CPU_THREADS", minimum=1, what="a positive integer")
+    if value is not None:
         return value
     cores = _cpu_count()
     return max(1, cores - 1) if realtime else cores
@@ -92,14 +101,8 @@ def realtime() -> bool:
 def default_cache_limit() -> int:
     """MLX buffer cache for the CPU: ``LIVEGEN_MLX_CACHE_MB`` if set, else 1 GiB, or a sixteenth of
     the physical memory if that is less (at least 64 MiB)."""
-    env = os.environ.get("LIVEGEN_MLX_CACHE_MB", "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(f"LIVEGEN_MLX_CACHE_MB must be a whole number of MiB, got {env!r}") from None
-        if value < 0:
-            raise ValueError(f"LIVEGEN_MLX_CACHE_MB must be a whole number of MiB, got {env!r}")
+    value = _env_int("LIVEGEN_MLX_CACHE_MB", minimum=0, what="a whole number of MiB")
+    if value is not None:
         return value << 20
     limit = 1 << 30
     try:
