@@ -76,3 +76,14 @@ def jack_server():
     if "system:playback_1" not in ports:
         require_or_skip("LIVEGEN_REQUIRE_REALTIME", "no JACK server is running (start bin/livegen-jack-dummy)")
     return ports.split()
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlx_configuration():
+    """A test that starts a generation worker switches the process to the daemon's realtime
+    configuration (livegen.device.configure_mlx); later tests get back what was there before."""
+    from livegen import device
+
+    saved = device._configured
+    yield
+    device._configured = saved

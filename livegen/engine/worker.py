@@ -340,9 +340,9 @@ class Worker:
         from livegen import device
 
         info = device.detect()
-        device.configure_mlx(realtime=True)  # BLAS threads: one core stays free for audio and I/O
+        applied = device.configure_mlx(realtime=True)  # BLAS threads: one core stays free for audio and I/O
         gflops = device.gemm_gflops(n=512, repeats=2)
-        threads = device.configure_mlx().get("blas_threads")
+        threads = applied.get("blas_threads")
         threads_note = f", {threads} BLAS threads" if threads else ""
         self._emit(WorkerEvent(DEVICE, reason=f"{info.describe()}; fp32 GEMM {gflops:.0f} GFLOP/s{threads_note}",
                                seconds=time.monotonic() - start_all))
