@@ -32,6 +32,9 @@ __all__ = [
     "save_converted",
     "converted_dir",
     "hub_cache_dir",
+    "read_json",
+    "json_problem",
+    "safetensors_problem",
 ]
 
 _PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
@@ -127,56 +130,118 @@ def resolve(
         ) from None
     except hf_errors.RevisionNotFoundError:
         raise WeightsError(f"revision {revision!r} of {repo_or_path} does not exist on the hub.") from None
-    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as exc:
+    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled):
         if offline:
             why = "downloading is off (HF_HUB_OFFLINE is set): unset it, or download it on a connected machine"
         else:
             why = "it could not be downloaded (no connection to the hub?): connect and retry, or copy the cache"
         raise WeightsError(
             f"{repo_or_path} is not in the Hugging Face cache ({where}) and {why} "
-            f"(`hf download {repo_or_path}`). Details: {_one_line(exc)[:160]}"
+            f"(`hf download {repo_or_path}`)."
         ) from None
     except (OSError, ValueError, hf_errors.HfHubHTTPError) as exc:
-        raise WeightsError(f"could not download {repo_or_path} into {where}: {_one_line(exc)}") from None
+        raise WeightsError(f"could not download {repo_or_path} into {where}: {_one_line(exc)}.") from None
     snap_path = Path(snap)
     commit = _revision_from_snapshot(snap_path) or revision or "unknown"
     return snap_path, {"repo": repo_or_path, "revision": commit}
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
+    """An exception's text on one line (whole: a cut message would lose the useful end)."""
+    return " ".join(str(exc).split()).rstrip(".")
+
+
+def json_problem(path: Path) -> str | None:
+    """What is wrong with a JSON-object file, as the end of a sentence that starts with its name;
+    None when it parses to an object."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return "is missing"
+    except IsADirectoryError:
+        return "is a folder, not a file"
+    except UnicodeDecodeError:
+        return "is not text (not JSON)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or _one_line(exc)})"
+    if not text.strip():
+        return "is empty"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(text.rstrip()):
+            return f"ends early at line {exc.lineno}, column {exc.colno} (the file is truncated)"
+        return f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+    if not isinstance(data, dict):
+        return "holds JSON that is not an object"
+    return None
+
+
+def read_json(path: Path, fix: str = "delete it and download or convert the model again") -> dict:
+    """A JSON object from ``path``; WeightsError naming the file, the problem and ``fix``."""
+    problem = json_problem(path)
+    if problem is not None:
+        raise WeightsError(f"{path} {problem}; {fix}.")
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------- loading
 
 
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, checked against the file size (no tensor is read);
+    ValueError/OSError with the problem."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"the file has {size} bytes, fewer than the 8-byte header length")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8 or n > 100_000_000:
+            raise ValueError(f"truncated: the header needs {n + 8} bytes, the file has {size}")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    end = 0
+    for key, meta in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            lo, hi = meta["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"the header entry {key} has no data offsets") from None
+        if not 0 <= lo <= hi:
+            raise ValueError(f"bad offsets for {key}")
+        end = max(end, hi)
+    if 8 + n + end > size:
+        raise ValueError(f"truncated: tensors need {8 + n + end} bytes, the file has {size}")
+    return header
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file (end of a sentence after its name), or None."""
+    path = Path(path)
+    if not path.exists():
+        return "is missing"
+    if not path.is_file():
+        return "is not a file"
+    try:
+        safetensors_header(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or _one_line(exc)})"
+    except ValueError as exc:
+        return f"is not a valid safetensors file ({_one_line(exc)})"
+    return None
+
+
 def _check_safetensors(path: Path) -> None:
     """Validate a safetensors header against the file size (mx.load is lazy about data)."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) != 8:
-                raise ValueError("file is shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", raw)
-            if n > size - 8 or n > 100_000_000:
-                raise ValueError("header length exceeds the file size")
-            header = json.loads(fh.read(n))
-        end = 0
-        for key, meta in header.items():
-            if key == "__metadata__":
-                continue
-            lo, hi = meta["data_offsets"]
-            if not 0 <= lo <= hi:
-                raise ValueError(f"bad offsets for {key}")
-            end = max(end, hi)
-        if 8 + n + end > size:
-            raise ValueError(f"truncated: tensors need {8 + n + end} bytes, the file has {size}")
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise WeightsError(
-            f"{path} is not a valid safetensors file ({_one_line(exc)}); delete it and download again."
-        ) from None
+    problem = safetensors_problem(path)
+    if problem is not None:
+        raise WeightsError(f"{path} {problem}; delete it and download (or convert) the model again.")
 
 
 def _load_safetensors(path: Path) -> dict[str, mx.array]:
@@ -228,10 +293,10 @@ def _load_pickle(path: Path) -> dict[str, mx.array]:
 
 def _load_index(index: Path, allow_pickle: bool) -> dict[str, mx.array]:
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index, "download the model again")["weight_map"]
         files = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WeightsError(f"{index} is not a valid shard index ({_one_line(exc)}).") from None
+    except (KeyError, TypeError, AttributeError):
+        raise WeightsError(f"{index} is not a valid shard index (no weight_map); download the model again.") from None
     out: dict[str, mx.array] = {}
     for name in files:
         shard = index.parent / name
@@ -370,3 +435,12 @@ def save_converted(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy re-export (livegen.weights_check imports this module)
+    if name in ("preflight", "WeightsCheck", "WeightsState", "converted_problem", "require_intact",
+                "looks_converted"):
+        from livegen import weights_check
+
+        return getattr(weights_check, name)
+    raise AttributeError(f"module 'livegen.weights' has no attribute {name!r}")
