@@ -1,9 +1,17 @@
-"""Load an optimised BLAS before MLX on Linux.
+"""Load an optimised BLAS before MLX on Linux: call :func:`preload` before ``import mlx.core``.
 
 The ``mlx[cpu]`` wheel for Linux links the netlib reference BLAS (about 20x slower than an
 optimised one for fp32 GEMM). Its symbols are resolved lazily, so a library with unprefixed
 CBLAS symbols loaded with ``RTLD_GLOBAL`` *before* ``mlx.core`` is imported takes their place.
 We ship one through our dependencies: ``cmeel-openblas`` (``cmeel.prefix/lib/libopenblas.so.0``).
+
+Nothing happens at import: loading a native library into the process (and OpenBLAS starting its
+threads) is an explicit call. livegen's entry points make it: ``livegen.cli.main``, the
+``livegen.models`` package (the engines, whose modules import ``mlx.core``; so the Python API,
+e.g. ``from livegen.models.stable_audio import StableAudioPipeline``, gets it) and
+``livegen.device``. Any other module that imports ``mlx.core`` calls ``preload()`` first.
+``preload()`` is idempotent; called after ``mlx.core`` was imported it loads nothing and
+:func:`status` says why.
 
 ``LIVEGEN_BLAS`` overrides: ``bundled`` keeps MLX's own BLAS, a path loads that library.
 """
@@ -51,7 +59,7 @@ def preload() -> str | None:
         _reason = "LIVEGEN_BLAS=bundled"
         return None
     if "mlx.core" in sys.modules:
-        _reason = "mlx.core was imported before livegen; its BLAS is already bound"
+        _reason = "mlx.core was imported before livegen._blas.preload(); its BLAS is already bound"
         return None
     paths = [Path(choice)] if choice else _candidates()
     for path in paths:

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 from livegen import _blas
 
+# This module's functions import mlx.core: the optimised BLAS must be in place before that.
+_blas.preload()
+
 
 @dataclass(frozen=True)
 class DeviceInfo:

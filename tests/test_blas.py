@@ -17,8 +17,8 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    import livegen
     from livegen import _blas
+    _blas.preload()  # explicit: importing livegen loads no BLAS
     import mlx.core as mx
     import mlx.nn as nn
 
@@ -37,6 +37,7 @@ SCRIPT = textwrap.dedent(
         "conv": np.array(mx.conv1d(x, w, padding=2)).tolist(),
         "attn": np.array(mx.fast.scaled_dot_product_attention(q, q, q, scale=0.25)).tolist(),
         "blas": _blas.status()[0],
+        "reason": _blas.status()[1],
     }
     json.dump(out, sys.stdout)
     """
@@ -56,9 +57,9 @@ def test_optimised_blas_is_loaded_and_outputs_are_unchanged():
     fast = _run({})
     reference = _run({"LIVEGEN_BLAS": "bundled"})
     assert reference["blas"] is None
-    if _blas.status()[0] is None:
-        pytest.fail(f"the optimised BLAS did not load in this process: {_blas.status()[1]}")
-    assert fast["blas"] and fast["blas"].endswith("libopenblas.so.0")
+    if fast["blas"] is None:
+        pytest.fail(f"the optimised BLAS did not load: {fast['reason']}")
+    assert fast["blas"].endswith("libopenblas.so.0")
     for key in ("matmul", "linear", "conv", "attn"):
         got, want = np.array(fast[key]), np.array(reference[key])
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
@@ -69,3 +70,64 @@ def test_status_reports_a_reason():
     assert reason
     if path is None:
         assert reason != "loaded"
+
+
+# Which modules are imported, and whether OpenBLAS (cmeel-openblas' libopenblas.so.0; numpy's own
+# libscipy_openblas64_ is a different library) is mapped into the process, after each step; and
+# whether it was mapped at the moment mlx.core started loading (a meta-path hook sees that).
+IMPORTS = textwrap.dedent(
+    """
+    import json, os, sys
+
+    def openblas_mapped():
+        with open("/proc/self/maps") as maps:
+            return any(os.path.basename(line.split()[-1]).startswith("libopenblas.so")
+                       for line in maps if "/" in line)
+
+    seen = {}
+
+    class Watch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "mlx.core" and "at_mlx_import" not in seen:
+                seen["at_mlx_import"] = openblas_mapped()
+            return None
+
+    sys.meta_path.insert(0, Watch())
+    steps = {}
+    for label, modules in json.loads(sys.argv[1]):
+        for name in modules:
+            __import__(name)
+        steps[label] = {"mlx": "mlx.core" in sys.modules, "openblas": openblas_mapped()}
+    from livegen import _blas
+    json.dump({"steps": steps, "at_mlx_import": seen.get("at_mlx_import"), "status": _blas.status()},
+              sys.stdout)
+    """
+)
+PURE = ["livegen", "livegen.settings", "livegen.mapping", "livegen.request", "livegen.control.osc"]
+
+
+def _imports(steps: list[tuple[str, list[str]]]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "LIVEGEN_BLAS"}
+    proc = subprocess.run([sys.executable, "-c", IMPORTS, json.dumps(steps)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS preload is Linux-only")
+def test_importing_livegen_loads_no_blas_and_no_mlx():
+    got = _imports([("pure", PURE)])
+    assert got["steps"]["pure"] == {"mlx": False, "openblas": False}
+    assert got["status"] == [None, "not attempted"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS preload is Linux-only")
+@pytest.mark.parametrize("entry", ["livegen.models.stable_audio.pipeline", "livegen.models.musicgen.pipeline",
+                                   "livegen.device"])
+def test_entry_points_load_openblas_before_mlx(entry):
+    got = _imports([("pure", PURE), ("entry", [entry]), ("mlx", ["mlx.core"])])
+    assert got["steps"]["pure"] == {"mlx": False, "openblas": False}
+    if got["status"][0] is None:
+        pytest.fail(f"the optimised BLAS did not load: {got['status'][1]}")
+    assert got["steps"]["mlx"] == {"mlx": True, "openblas": True}
+    assert got["at_mlx_import"] is True  # mapped before mlx.core began to load
