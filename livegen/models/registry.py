@@ -32,13 +32,12 @@ def repo_id(name: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"{path} is not valid JSON ({' '.join(str(exc).split())}).") from None
-    if not isinstance(data, dict):
-        raise WeightsError(f"{path} is not a JSON object.")
-    return data
+    from livegen.weights import json_problem
+
+    problem = json_problem(path)
+    if problem is not None:
+        raise WeightsError(f"{path} {problem}; download or convert the model again, or fix the file.")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def engine_of_dir(path: str | Path) -> str:

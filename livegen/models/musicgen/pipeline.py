@@ -158,13 +158,24 @@ class MusicGenPipeline:
         """
         from livegen.models.musicgen.convert import convert, is_converted
         from livegen.weights import load_weights
+        from livegen.weights_check import converted_problem, require_intact
 
         dt = as_dtype(dtype)
         path = Path(str(path_or_repo_id)).expanduser()
+        if path.is_dir():  # a damaged converted folder must not be taken for a checkpoint to convert
+            require_intact(path, "musicgen")
         if not (path.is_dir() and is_converted(path)):
             path = convert(str(path_or_repo_id), dtype=dtype_name(dt), allow_pickle=allow_pickle)
+        found = converted_problem(path, "musicgen")
+        if found is not None:
+            raise WeightsError(f"{found[0]} {found[1]}; delete {path} and convert the model again "
+                               "(`livegen convert` with the original checkpoint).")
         config_data = json.loads((path / "config.json").read_text())
-        config = MusicGenConfig.from_dict(config_data, config_data.get("generation_config"))
+        try:
+            config = MusicGenConfig.from_dict(config_data, config_data.get("generation_config"))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise WeightsError(f"{path / 'config.json'} describes a MusicGen model livegen cannot run "
+                               f"({' '.join(str(exc).split())}).") from None
         weights = load_weights(path)
         return cls.from_weights(config, weights, _load_tokenizer(path), dt, converted=True, source=str(path))
 

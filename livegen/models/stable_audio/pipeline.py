@@ -110,14 +110,24 @@ class StableAudioPipeline:
         """Load a converted MLX dir, or convert a hub snapshot / repo id / local checkpoint into the
         cache first (once; later loads use the converted dir). ``t5``: dir or repo id of the T5
         encoder (default: the one stored at conversion, google-t5/t5-base)."""
+        from livegen.weights_check import require_intact
+
+        local = Path(str(path_or_repo_id)).expanduser()
+        if local.is_dir():  # a damaged converted folder must not be taken for a checkpoint to convert
+            require_intact(local, "stable_audio", need_t5=t5 is None)
         directory = ensure_converted(path_or_repo_id, t5=t5, dtype=dtype, allow_pickle=allow_pickle)
         return cls.from_converted(directory, t5=t5)
 
     @classmethod
     def from_converted(cls, directory: str | Path, t5: str | None = None) -> StableAudioPipeline:
         from livegen.models.t5 import T5TextEncoder
+        from livegen.weights_check import converted_problem
 
         directory = Path(directory)
+        found = converted_problem(directory, "stable_audio", need_t5=t5 is None)
+        if found is not None:
+            raise WeightsError(f"{found[0]} {found[1]}; delete {directory} and convert the model again "
+                               "(`livegen convert` with the original checkpoint).")
         manifest = json.loads((directory / "manifest.json").read_text())
         dtype = DTYPES.get(manifest.get("dtype", "float32"), mx.float32)
         config_dict = json.loads((directory / "config.json").read_text())
