@@ -1,7 +1,8 @@
-"""`livegen generate` for MusicGen models: text (+ melody or an audio prompt) -> 32 kHz float WAV.
+"""`livegen generate` for MusicGen models: text (+ melody or an audio prompt) -> 32 kHz audio file.
 
 Called by ``livegen.cli.generate.run`` after its argument checks. ``--continue F`` continues the
-audio in F (resampled to 32 kHz); the WAV holds only the continuation, ``--seconds`` long.
+audio in F (resampled to 32 kHz); the file holds only the continuation, ``--seconds`` long. The
+output format comes from the extension of ``--output`` (see ``livegen.cli.output_file``).
 """
 
 from __future__ import annotations
@@ -10,61 +11,21 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
 
 from livegen.cli import UsageError
 from livegen.errors import Cancelled, LivegenError
-
-
-class TokenProgress:
-    """``progress(step, total)`` drawing ``generating [####   ] 120/250  41.3 tokens/s (x0.83 real time)``.
-
-    One step is one decoder step (one token per codebook, 1/50 s of audio).
-    """
-
-    def __init__(self, frame_rate: int, stream: TextIO | None = None, width: int = 24):
-        self.frame_rate = frame_rate
-        self.stream = stream if stream is not None else sys.stderr
-        self.width = width
-        self.start = time.perf_counter()
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._open = False
-        self._every = 1
-
-    def __call__(self, step: int, total: int) -> None:
-        if step == 1:
-            self.start = time.perf_counter()
-            self._every = 1 if self._tty else max(1, total // 20)
-        if step % self._every and step != total:
-            return
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = (step - 1) / elapsed if step > 1 else 0.0
-        filled = int(self.width * step / total) if total else self.width
-        text = (
-            f"generating [{'#' * filled}{' ' * (self.width - filled)}] {step}/{total}  "
-            f"{rate:.1f} tokens/s (x{rate / self.frame_rate:.2f} real time)"
-        )
-        if self._tty:
-            self.stream.write("\r" + text + ("\n" if step >= total else ""))
-            self._open = step < total
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self._open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._open = False
+from livegen.progress import TokenProgress
 
 
 def run_musicgen(args: argparse.Namespace) -> int:
-    from livegen.audio_io import AudioFileError, read_audio, write_wav
+    from livegen.audio_io import AudioFileError, read_audio
+    from livegen.cli.output_file import check_output, write_output
     from livegen.models import registry
     from livegen.models.musicgen import MusicGenPipeline
 
     source = registry.repo_id(args.model)
     try:
+        output = getattr(args, "output_file", None) or check_output(args.output)
         t0 = time.perf_counter()
         print(f"loading {source} ...", file=sys.stderr)
         pipe = MusicGenPipeline.from_pretrained(source)
@@ -102,7 +63,7 @@ def run_musicgen(args: argparse.Namespace) -> int:
             f"seed {pipe.last_seed}; generated {args.seconds:g} s in {time.perf_counter() - t1:.1f} s",
             file=sys.stderr,
         )
-        out = write_wav(Path(args.output).expanduser(), audio, pipe.sample_rate)
+        out = write_output(output, audio, pipe.sample_rate)
     except Cancelled:
         return 130
     except (LivegenError, AudioFileError, ValueError) as exc:
