@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from livegen.yaml_safe import YamlLimitError, check_text_size, limited
+
 REPO_MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
 PACKAGE_MAPPINGS = Path(__file__).resolve().parent / "mappings"  # where a wheel puts livegen.mappings
 
@@ -111,11 +113,20 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _co
 
 
 def load_yaml(text: str, source: str) -> tuple[Any, list[str]]:
-    """Parse YAML keeping line numbers; returns ``(data, errors)`` (errors as ``source:line: ...``)."""
-    loader = _LineLoader(text)
+    """Parse YAML keeping line numbers; returns ``(data, errors)`` (errors as ``source:line: ...``).
+
+    The size, alias and depth limits of :mod:`livegen.yaml_safe` apply (a bomb is refused).
+    """
+    try:
+        check_text_size(text)
+    except YamlLimitError as exc:
+        return None, [exc.located(source)]
+    loader = limited(_LineLoader)(text)
     loader.problems = []
     try:
         data = loader.get_single_data()
+    except YamlLimitError as exc:
+        return None, [exc.located(source)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
