@@ -39,6 +39,7 @@ class RateLimitedLog:
         self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()
         self._burst_since = -float("inf")
         self._burst_count = 0
+        self._unkeyed = 0  # held back by the burst limit before their key had a line
 
     def log(self, level: int, key: Hashable, msg: str, *args: object, exc_info: bool = False) -> bool:
         """Write ``msg % args`` unless ``key`` (or the whole logger) is over its limit."""
@@ -54,6 +55,8 @@ class RateLimitedLog:
             self.suppressed += 1
             if slot is not None:
                 slot.held += 1
+            else:
+                self._unkeyed += 1
             return False
         self._burst_count += 1
         held = slot.held if slot is not None else 0
@@ -70,11 +73,12 @@ class RateLimitedLog:
 
     def flush(self, level: int = logging.WARNING, what: str = "log line") -> None:
         """Report the lines still held back (one line in all), e.g. at shutdown."""
-        held = sum(slot.held for slot in self._slots.values())
+        held = self._unkeyed + sum(slot.held for slot in self._slots.values())
         if held:
             self.logger.log(level, "%d more %s(s) were suppressed by the rate limit", held, what)
         for slot in self._slots.values():
             slot.held = 0
+        self._unkeyed = 0
 
 
 class PerKeyLimit:
