@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from livegen.cli import UsageError
 from livegen.errors import LivegenError
@@ -35,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         engine = registry.engine_for(args.model)
+        local = Path(args.model).expanduser()
+        if local.is_dir():  # a damaged converted folder is named as such, not converted as a checkpoint
+            from livegen.weights_check import require_intact
+
+            require_intact(local, engine, need_t5=args.t5 is None)
         if engine == "stable_audio":
             from livegen.models.stable_audio.convert import ensure_converted
 

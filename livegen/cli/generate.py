@@ -1,13 +1,14 @@
-"""`livegen generate`: one clip from a prompt, written as a 32-bit float WAV.
+"""`livegen generate`: one clip from a prompt, written as an audio file (32-bit float WAV by default;
+the extension of ``--output`` picks the format: .flac, .ogg, .mp3, .aiff, ...).
 
 Stable Audio models run here; MusicGen models are handed to ``livegen.cli.generate_musicgen``.
-Every argument is checked before any model is loaded, so a typo costs no waiting.
+Every argument, the output file's format and folder included, is checked before any model is
+loaded, so a typo costs no waiting.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", required=True, help="text prompt")
     p.add_argument("--seconds", type=float, default=10.0, help="clip length in seconds (default 10)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
-    p.add_argument("--output", "-o", default="out.wav", help="output WAV path (default out.wav)")
+    p.add_argument("--output", "-o", default="out.wav",
+                   help="output file (default out.wav); the extension picks the format: .wav (32-bit float), "
+                        ".flac (24-bit), .ogg, .mp3, .aiff, .caf, .w64, .rf64, .au; a missing folder is created")
     p.add_argument("--negative-prompt", default=None, help="negative prompt")
     sa = p.add_argument_group("Stable Audio")
     sa.add_argument("--steps", type=int, default=None, help="sampling steps (default: model's, 8 or 100)")
@@ -79,7 +82,9 @@ def _dir_info(path: Path) -> ModelInfo:
     cfg_path = path / "model_config.json"
     if not cfg_path.is_file():
         cfg_path = path / "config.json"
-    objective, max_s = _sa_limits(json.loads(cfg_path.read_text()), str(cfg_path))
+    from livegen.weights import read_json
+
+    objective, max_s = _sa_limits(read_json(cfg_path, "download or convert the model again"), str(cfg_path))
     return ModelInfo(engine, str(path), objective, max_s)
 
 
@@ -115,8 +120,11 @@ def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 
 
 def validate(args: argparse.Namespace) -> ModelInfo:
-    """Check every argument before loading anything; raises UsageError with one clear line."""
-    from livegen.audio_io import AudioFileError, check_writable
+    """Check every argument before loading anything; raises UsageError with one clear line.
+
+    Sets ``args.output_file`` (a :class:`livegen.cli.output_file.OutputFile`)."""
+    from livegen.audio_io import AudioFileError
+    from livegen.cli.output_file import check_output
 
     if not args.prompt or not args.prompt.strip():
         raise UsageError("--prompt must not be empty")
@@ -162,7 +170,7 @@ def validate(args: argparse.Namespace) -> ModelInfo:
         if value is not None and not Path(value).expanduser().is_file():
             raise UsageError(f"{flag} file {value} does not exist")
     try:
-        check_writable(Path(args.output).expanduser())
+        args.output_file = check_output(args.output)
     except AudioFileError as exc:
         raise UsageError(str(exc)) from None
     return info
@@ -180,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_stable_audio(args: argparse.Namespace, info: ModelInfo) -> int:
-    from livegen.audio_io import AudioFileError, read_audio, write_wav
+    from livegen.audio_io import AudioFileError, read_audio
+    from livegen.cli.output_file import check_output, write_output
     from livegen.models.stable_audio import StableAudioPipeline
     from livegen.progress import StepProgress
 
@@ -202,7 +211,7 @@ def run_stable_audio(args: argparse.Namespace, info: ModelInfo) -> int:
         bar.close()
         print(f"seed {pipe.last_seed}; generated {args.seconds:g} s in {time.perf_counter() - t1:.1f} s",
               file=sys.stderr)
-        out = write_wav(Path(args.output).expanduser(), audio, pipe.sample_rate)
+        out = write_output(getattr(args, "output_file", None) or check_output(args.output), audio, pipe.sample_rate)
     except (LivegenError, AudioFileError) as exc:
         if isinstance(exc, Cancelled):
             return 130
