@@ -1,7 +1,10 @@
-"""Packaging: every package is listed in pyproject.toml and a wheel carries the shipped mappings."""
+"""Packaging: the packages are found (not listed by hand), a wheel carries every livegen module and
+the shipped mappings, and the install keeps runtime and test dependencies apart."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,14 +15,33 @@ import pytest
 from livegen import settings as S
 
 ROOT = Path(__file__).resolve().parent.parent
+SETUPTOOLS_FOR_WHEELS = (70, 1)  # bdist_wheel is part of setuptools from 70.1 (before: the wheel package)
 
 
-def test_every_package_is_listed_in_pyproject():
+def _pyproject() -> dict:
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "livegen").rglob("__init__.py")}
-    assert set(config["packages"]) == on_disk | {"livegen.mappings"}
-    assert config["package-dir"] == {"livegen.mappings": "mappings"}
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_packages_are_found_not_listed():
+    tool = _pyproject()["tool"]["setuptools"]
+    assert tool["packages"] == {"find": {"include": ["livegen*"]}}  # what the wheel holds: see below
+    assert tool["package-dir"] == {"livegen.mappings": "mappings"}
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_test_tools_are_not_runtime_dependencies():
+    project = _pyproject()["project"]
+    runtime = _names(project["dependencies"])
+    assert not runtime & {"pytest", "pytest-rerunfailures", "ruff", "jack-client", "setuptools", "torch"}
+    assert {"tqdm", "soxr"} <= runtime
+    dev = _names(project["optional-dependencies"]["dev"])
+    assert {"pytest", "setuptools"} <= dev
+    (spec,) = [r for r in project["optional-dependencies"]["dev"] if r.lower().startswith("setuptools")]
+    assert tuple(int(v) for v in spec.split(">=")[1].split(".")) >= SETUPTOOLS_FOR_WHEELS
 
 
 def test_shipped_mapping_names_resolve_in_the_checkout():
@@ -53,12 +75,41 @@ def test_serve_mapping_option_takes_shipped_names(capsys):
     assert "not found: nope" in err and "akai-mpd218" in err
 
 
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    setuptools = pytest.importorskip("setuptools")
+    have = tuple(int(v) for v in re.findall(r"\d+", setuptools.__version__)[:2])
+    if have < SETUPTOOLS_FOR_WHEELS:
+        pytest.skip(f"building a wheel without build isolation needs setuptools >= 70.1, this is "
+                    f"{setuptools.__version__}: install the dev extra (pip install -e \".[dev]\")")
+    # Built from a copy of what the build reads: setuptools builds in the source tree's build/,
+    # where files that were since removed would stay and end up in the wheel.
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("livegen", "mappings"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    dist = tmp_path_factory.mktemp("dist")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                           str(dist), str(src)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (found,) = dist.glob("livegen-*.whl")
+    return found
+
+
 @pytest.mark.slow
-def test_wheel_installs_the_shipped_mappings(tmp_path):
-    pytest.importorskip("setuptools")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, timeout=300)
-    (wheel,) = (tmp_path / "dist").glob("livegen-*.whl")
+def test_wheel_carries_every_module(wheel):
+    on_disk = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "livegen").rglob("*.py")
+                     if "__pycache__" not in p.parts)
+    with zipfile.ZipFile(wheel) as z:
+        in_wheel = sorted(n for n in z.namelist() if n.startswith("livegen/") and n.endswith(".py"))
+        top = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/top_level.txt"))).decode().split()
+    assert in_wheel == on_disk
+    assert top == ["livegen"]  # tests, bench, mappings are not installed as packages of their own
+
+
+@pytest.mark.slow
+def test_wheel_installs_the_shipped_mappings(wheel, tmp_path):
     shipped = sorted(p.name for p in (ROOT / "mappings").glob("*.yaml"))
     with zipfile.ZipFile(wheel) as z:
         assert sorted(n.split("/")[-1] for n in z.namelist() if n.startswith("livegen/mappings/")) == shipped
