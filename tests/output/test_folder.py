@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import livegen
 from livegen.output.folder import FolderError, FolderWriter, clip_stem, slugify
 from livegen.request import Clip, Request
 
@@ -39,7 +40,50 @@ def test_round_trip_and_sidecar(tmp_path, subtype, tol):
     assert (meta["bpm"], meta["bars"], meta["frames"], meta["sample_rate"]) == (120, 2, 4410, 44100)
     assert meta["duration"] == pytest.approx(0.1)
     assert meta["created"].startswith("2023-11-14T22:13:20")
+    assert meta["file"] == path.name and meta["subtype"] == subtype
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, path.with_suffix(".json").name])
+
+
+def test_sidecar_records_every_value_the_clip_was_made_with(tmp_path):
+    req = Request("dusty breakbeat", model="sao-small", negative_prompt="vocals", seed=None, bars=3, bpm=97.5,
+                  beats_per_bar=3, steps=37, cfg_scale=6.5, sampler="dpmpp-3m-sde", slot=11)
+    audio = np.zeros((1, 2205), np.float32)
+    clip = Clip(req, audio, 22050, seed=np.uint32(3_000_000_001), model="sao-small", job_id=77,
+                created=1_700_000_000.25, render_seconds=0.123456)
+    path = FolderWriter(tmp_path).write(clip)
+    assert path.name == "11_dusty-breakbeat_97.5bpm_3bars_3000000001.wav"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta == {
+        "file": path.name, "prompt": "dusty breakbeat", "negative_prompt": "vocals", "model": "sao-small",
+        "seed": 3_000_000_001, "steps": 37, "cfg": 6.5, "sampler": "dpmpp-3m-sde", "seconds": None,
+        "duration": 0.1, "frames": 2205, "sample_rate": 22050, "channels": 1, "subtype": "float",
+        "bpm": 97.5, "bars": 3, "beats_per_bar": 3, "slot": 11, "job_id": 77, "render_seconds": 0.123,
+        "created": "2023-11-14T22:13:20.250+00:00", "livegen_version": livegen.__version__,
+    }
+
+
+def test_sidecar_of_a_seconds_clip_and_extra_fields(tmp_path):
+    clip = _clip(seconds=0.1, bars=None, slot=None)
+    path = FolderWriter(tmp_path).write(clip, {"bank": "drums", "bad": float("nan"), "obj": object()})
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert (meta["seconds"], meta["bars"], meta["slot"]) == (0.1, None, None)
+    assert meta["bank"] == "drums" and "bad" not in meta and "obj" not in meta
+
+
+def test_a_failing_sidecar_keeps_the_complete_wav_and_says_so(tmp_path):
+    def opener(p):
+        return _FullDisk(p, 10) if p.endswith(".json.part") else open(p, "xb")  # noqa: SIM115
+
+    clip = _clip()
+    with pytest.raises(FolderError) as info:
+        FolderWriter(tmp_path, opener=opener).write(clip)
+    wav = tmp_path / "3_warm-pad_120bpm_2bars_42.wav"
+    assert info.value.wav_path == wav
+    assert str(info.value) == (f"The clip was written to {wav}, but its sidecar 3_warm-pad_120bpm_2bars_42.json "
+                               "could not be written: the disk is full.")
+    assert [p.name for p in tmp_path.iterdir()] == [wav.name]  # no temporary file is left
+    data, _ = sf.read(wav, dtype="float32", always_2d=True)
+    assert np.array_equal(data.T, clip.audio)
 
 
 def test_never_overwrites(tmp_path):
