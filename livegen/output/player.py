@@ -17,31 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from livegen import tempo as tempo_mod
+from livegen.audio_io import resample  # clips at another rate (MusicGen: 32 kHz)
 from livegen.output.mixer import Mixer
 from livegen.output.ringbuffer import RingBuffer
 from livegen.settings import AudioSettings, TempoSettings
-
-
-def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Band-limited resampling of a whole clip ``audio`` [C, N] (FFT method), float32 out.
-
-    Used when a model's rate (MusicGen: 32 kHz) differs from the stream's. Runs on the
-    caller's thread, never in the callback.
-    """
-    if src_rate == dst_rate:
-        return np.asarray(audio, dtype=np.float32)
-    c, n = audio.shape
-    m = int(round(n * dst_rate / src_rate))
-    if n == 0 or m == 0:
-        return np.zeros((c, m), np.float32)
-    spec = np.fft.rfft(np.asarray(audio, dtype=np.float64), axis=1)
-    k = min(spec.shape[1], m // 2 + 1)
-    out_spec = np.zeros((c, m // 2 + 1), dtype=np.complex128)
-    out_spec[:, :k] = spec[:, :k]
-    if m < n and m % 2 == 0:  # the new Nyquist bin of a real signal must be real
-        out_spec[:, -1] = out_spec[:, -1].real
-    out = np.fft.irfft(out_spec, n=m, axis=1) * (m / n)
-    return out.astype(np.float32)
 
 
 class TempoSource(Protocol):
