@@ -6,11 +6,12 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 
 import mido
 import pytest
 
-from livegen.control.midi import MidiInput, MidiUnavailable, choose_api, to_event
+from livegen.control.midi import MidiInput, MidiUnavailable, choose_api, split_messages, to_event
 from livegen.mapping import MidiEvent
 
 BOTH = ["LINUX_ALSA", "UNIX_JACK"]
@@ -124,3 +125,176 @@ def test_connects_to_named_ports_and_warns_about_missing_ones(jack_server):
         assert events == [MidiEvent("control_change", 2, control=7, value=99, time=events[0].time)]
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# ---------------------------------------------------------------------------------------------
+# Broken input: unterminated SysEx, running status, stray and undefined bytes
+# ---------------------------------------------------------------------------------------------
+def test_an_unterminated_sysex_ends_at_the_next_status_byte():
+    # the merged packet rtmidi's JACK input delivered after `F0 01 02` and note-ons
+    merged = [0xF0, 1, 2] + [0x90, 60, 100] * 3 + [0xF0, 5, 0xF7]
+    assert split_messages(merged) == [[0x90, 60, 100]] * 3 + [[0xF0, 5, 0xF7]]
+    assert split_messages([0xF0, 1, 2]) == []  # never ended: dropped
+    assert split_messages([0xF0, 1, 2, 0xF7]) == [[0xF0, 1, 2, 0xF7]]
+    assert split_messages([0xF0, 1, 2, 0xF7, 0xF7]) == [[0xF0, 1, 2, 0xF7]]  # a lone F7 is nothing
+
+
+def test_real_time_bytes_come_out_wherever_they_are():
+    assert split_messages([0xF0, 1, 0xF8, 2, 0xF7]) == [[0xF8], [0xF0, 1, 2, 0xF7]]
+    assert split_messages([0x90, 0xF8, 60, 0xFE, 100]) == [[0xF8], [0xFE], [0x90, 60, 100]]
+    assert split_messages([0xF9, 0xFD, 0xFA, 0xFC]) == [[0xFA], [0xFC]]  # undefined ones dropped
+
+
+def test_running_status_within_a_packet_and_malformed_bytes_dropped():
+    assert split_messages([0x90, 60, 100, 61, 100, 62, 0]) == [[0x90, 60, 100], [0x90, 61, 100], [0x90, 62, 0]]
+    assert split_messages([0xC0, 5, 6]) == [[0xC0, 5], [0xC0, 6]]
+    assert split_messages([60, 100, 0x80]) == []  # stray data, then an incomplete note-off
+    assert split_messages([0x90, 0x85, 0x40, 0x40]) == [[0x85, 0x40, 0x40]]  # status in a data slot
+    assert split_messages([0xF4, 1, 0xF5, 2, 3]) == []  # undefined status: its data are stray
+    assert split_messages([0xF2, 1, 2, 3]) == [[0xF2, 1, 2]]  # system common cancels running status
+    assert split_messages([0xB0, 1, 2, 0xF0, 3, 4]) == [[0xB0, 1, 2]]  # SysEx cancels it too
+    assert split_messages([0xF6, 0xF3, 7]) == [[0xF6], [0xF3, 7]]
+
+
+SYSEX_THEN_NOTES = r"""
+import sys, time, rtmidi
+out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="lgsysex")
+names = out.get_ports()
+out.open_port(names.index(sys.argv[1]))
+time.sleep(0.2)
+out.send_message([0xF0, 0x01, 0x02])  # never terminated
+for i in range(100):
+    out.send_message([0x90, i, 100])
+    time.sleep(0.003)
+time.sleep(0.3)
+out.close_port()
+"""
+
+
+async def _collect_until(events: list, count: int, timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(events) < count and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.realtime
+def test_an_unterminated_sysex_does_not_swallow_the_next_100_note_ons(jack_server):
+    async def main():
+        loop = asyncio.get_running_loop()
+        events: list = []
+        midi = MidiInput(loop, events.append, MidiEvent, port_name="lgdeaf", api="jack")
+        assert midi.open() == ["lgdeaf:midi_in"]
+        env = dict(os.environ, JACK_NO_START_SERVER="1")
+        t0 = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SYSEX_THEN_NOTES, "lgdeaf:midi_in",
+                                                        env=env, stderr=subprocess.PIPE)
+            _, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            await _collect_until(events, 100, 5)
+        finally:
+            midi.close()
+        notes = [e.note for e in events if e.type == "note_on"]
+        assert notes == list(range(100))
+        # stamped at arrival, in order, while they were sent (100 notes 3 ms apart)
+        times = [e.time for e in events]
+        assert times == sorted(times) and times[0] > t0 and times[-1] - times[0] < 1.0
+        assert midi.received == 100
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+SOURCE = r"""
+import sys, time, rtmidi
+out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="lgsrc")
+out.open_virtual_port("out")
+print("open", flush=True)
+for line in sys.stdin:
+    if line.strip() == "quit":
+        break
+    out.send_message([0xB0, 7, int(line)])
+out.close_port()
+"""
+
+
+class Source:
+    """A JACK MIDI source client `lgsrc:out` in its own process, sending one CC per value."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, JACK_NO_START_SERVER="1")
+        self.proc = subprocess.Popen([sys.executable, "-c", SOURCE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env)
+        assert self.proc.stdout.readline() == "open\n"
+
+    def send(self, value: int) -> None:
+        self.proc.stdin.write(f"{value}\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+        self.proc.wait(10)
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("gap", [0.1, 1.5], ids=["restart-between-two-looks", "away-for-a-while"])
+def test_a_named_source_that_restarts_is_connected_again(jack_server, gap):
+    async def main():
+        loop = asyncio.get_running_loop()
+        values: list[int] = []
+        changes: list[str] = []
+        midi = MidiInput(loop, lambda e: values.append(e.value), MidiEvent, virtual=False, port_name="lgre",
+                         connect=["lgsrc"], api="jack", on_change=changes.append)
+        src = Source()
+        try:
+            assert midi.open() == ["lgsrc:out"]
+            src.send(1)
+            await _collect_until(values, 1, 5)
+            src.close()
+            await asyncio.sleep(gap)
+            src = Source()
+            await asyncio.sleep(0.2)
+            for v in (2, 3, 4):  # sent before the reconnect: lost, as with any unplugged cable
+                src.send(v)
+            await asyncio.sleep(2.5)  # the connections are checked every second
+            src.send(5)
+            for _ in range(250):
+                if 5 in values:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            src.close()
+            midi.close()
+        assert values[0] == 1 and values[-1] == 5
+        assert changes[-1] == "MIDI port 'lgsrc:out' is connected again."
+        if gap > 1.0:  # seen gone: reported as gone first
+            assert changes == ["MIDI port 'lgsrc:out' went away; livegen connects it again when it comes back.",
+                               "MIDI port 'lgsrc:out' is connected again."]
+        assert midi.reconnects == 1 and midi.port_names == ["lgsrc:out"]
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+@pytest.mark.realtime
+def test_a_named_source_that_appears_later_is_connected(jack_server):
+    async def main():
+        loop = asyncio.get_running_loop()
+        values: list[int] = []
+        changes: list[str] = []
+        midi = MidiInput(loop, lambda e: values.append(e.value), MidiEvent, virtual=False, port_name="lglate",
+                         connect=["lgsrc"], api="jack", on_change=changes.append)
+        assert midi.open() == []
+        assert any("'lgsrc' not found" in w and "connects it when it appears" in w for w in midi.warnings)
+        src = Source()
+        try:
+            await asyncio.sleep(1.5)
+            src.send(9)
+            await _collect_until(values, 1, 5)
+        finally:
+            src.close()
+            midi.close()
+        assert values == [9]
+        assert changes == ["MIDI port 'lgsrc:out' appeared and is connected."]
+
+    asyncio.run(asyncio.wait_for(main(), 60))
