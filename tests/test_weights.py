@@ -174,3 +174,251 @@ def test_save_converted_atomic(tmp_path):
     weights.save_converted(out, {"y": mx.ones((2,))}, {}, {"repo": "org/m"})
     assert set(weights.load_weights(out)) == {"y"}
     assert sorted(p.name for p in out.parent.iterdir()) == ["m"]  # no temp dirs left behind
+
+
+# ----------------------------------------------------------------------------- file problems
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"model_type": "diffusion_cond", "sample_rate": 44', "ends early at line 1, column 51 (the file is truncated)"),
+    ("model_type: diffusion_cond\n", "is not valid JSON (Expecting value at line 1, column 1)"),
+    ("", "is empty"),
+    ("[1, 2]", "holds JSON that is not an object"),
+])
+def test_json_problems_name_the_file(tmp_path, text, problem):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    assert weights.json_problem(path) == problem
+    with pytest.raises(WeightsError) as exc:
+        weights.read_json(path, "fix it")
+    assert str(exc.value) == f"{path} {problem}; fix it."
+    assert weights.json_problem(tmp_path / "absent.json") == "is missing"
+
+
+def test_offline_miss_is_one_whole_sentence(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError) as exc:
+        weights.resolve("org/absent")
+    msg = str(exc.value)
+    assert msg.endswith("(`hf download org/absent`).") and "Details" not in msg and "\n" not in msg
+
+
+# ----------------------------------------------------------------------------- broken converted folders
+
+
+@pytest.fixture(scope="module")
+def tiny_converted(tmp_path_factory) -> Path:
+    from tests.models.stable_audio.random_converted import write_random_converted
+
+    return write_random_converted(tmp_path_factory.mktemp("w") / "converted")
+
+
+def _break(src: Path, dst: Path, how: str) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    if how == "truncated config.json":
+        text = (dst / "config.json").read_text()
+        (dst / "config.json").write_text(text[: len(text) // 2])
+    elif how == "config.json not JSON":
+        (dst / "config.json").write_text("model_type: diffusion_cond\n")
+    elif how == "no manifest.json":
+        (dst / "manifest.json").unlink()
+    elif how == "no t5":
+        shutil.rmtree(dst / "t5")
+    elif how == "truncated safetensors":
+        w = dst / "model.safetensors"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    return dst
+
+
+BROKEN_CASES = [
+    ("truncated config.json", "config.json", "ends early at line"),
+    ("config.json not JSON", "config.json", "is not valid JSON (Expecting value at line 1, column 1)"),
+    ("no manifest.json", "manifest.json", "is missing"),
+    ("no t5", "t5", "is missing (the T5 text encoder of a converted Stable Audio model)"),
+    ("truncated safetensors", "model.safetensors", "is not a valid safetensors file (truncated: tensors need"),
+]
+
+
+@pytest.mark.parametrize("how, name, problem", BROKEN_CASES)
+def test_broken_converted_stable_audio_is_named(tiny_converted, tmp_path, monkeypatch, how, name, problem):
+    # regression: a bare JSONDecodeError, or a Hugging Face download error for google-t5
+    from livegen.models.stable_audio import StableAudioPipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LIVEGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    broken = _break(tiny_converted, tmp_path / "model", how)
+    for load in (StableAudioPipeline.from_pretrained, StableAudioPipeline.from_converted):
+        with pytest.raises(WeightsError) as exc:
+            load(str(broken))
+        msg = str(exc.value)
+        assert msg.startswith(f"{broken / name} {problem}"), msg
+        assert msg.endswith(f"; delete {broken} and convert the model again (`livegen convert` with the "
+                            "original checkpoint).")
+        assert "google-t5" not in msg and "\n" not in msg
+    check = weights.preflight(str(broken), "stable-audio")
+    assert check.state is weights.WeightsState.BROKEN and check.file == broken / name
+    assert check.sentence == msg and not check.startable
+
+
+@pytest.mark.parametrize("how, name, problem", BROKEN_CASES)
+def test_generate_cli_names_broken_converted(tiny_converted, tmp_path, monkeypatch, capsys, how, name, problem):
+    from livegen.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LIVEGEN_CACHE", str(tmp_path / "cache"))
+    broken = _break(tiny_converted, tmp_path / "model", how)
+    rc = main(["generate", "--model", str(broken), "--prompt", "x", "--seconds", "0.01", "--steps", "1",
+               "--output", str(tmp_path / "o.wav")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"livegen generate: {broken / name} {problem}"), err  # before loading
+    assert "\n" not in err and "Traceback" not in err and "Error" not in err.split(":")[1]
+
+
+def test_broken_converted_musicgen_is_named(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from livegen.models.musicgen import MusicGenPipeline
+    from livegen.models.musicgen.convert import convert
+    from tests.models.musicgen.mg_fixtures import make_tiny_musicgen
+
+    monkeypatch.setenv("LIVEGEN_CACHE", str(tmp_path / "cache"))
+    make_tiny_musicgen(tmp_path / "src")
+    out = convert(str(tmp_path / "src"), out_dir=tmp_path / "mg")
+    assert weights.preflight(str(out), "musicgen").state is weights.WeightsState.CACHED
+    text = (out / "config.json").read_text()
+    (out / "config.json").write_text(text[: len(text) // 2])
+    with pytest.raises(WeightsError, match=rf"^{out / 'config.json'} ends early at line \d+, column \d+ \(the "
+                                           rf"file is truncated\); delete {out} and convert the model again"):
+        MusicGenPipeline.from_pretrained(str(out))
+    (out / "config.json").write_text(text)
+    (out / "manifest.json").unlink()  # taken for a checkpoint before: a confusing key mismatch
+    with pytest.raises(WeightsError, match=rf"^{out / 'manifest.json'} is missing; delete {out}"):
+        MusicGenPipeline.from_pretrained(str(out))
+    check = weights.preflight(str(out), "musicgen")
+    assert check.state is weights.WeightsState.BROKEN and check.file == out / "manifest.json"
+
+
+# ----------------------------------------------------------------------------- preflight
+
+
+SA_REPO = "stabilityai/stable-audio-open-small"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    from livegen import weights_check
+
+    monkeypatch.setenv("LIVEGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(weights_check, "_probe_cache", {})
+    monkeypatch.setattr(weights_check, "_has_token", lambda: bool(__import__("os").environ.get("HF_TOKEN")))
+    return tmp_path / "hub"
+
+
+def _sa_snapshot(hub: Path, tmp_path: Path) -> Path:
+    from tests.reference.sa_checkpoint import DEFAULT_REVISION, hub_cache_layout, shrink_config
+
+    src = tmp_path / "sa-src"
+    src.mkdir()
+    (src / "model_config.json").write_text(json.dumps(shrink_config("small")))
+    mx.save_safetensors(str(src / "model.safetensors"), {"model.model.x": mx.zeros((4,))},
+                        metadata={"format": "pt"})
+    return hub_cache_layout(hub, SA_REPO, src, DEFAULT_REVISION)
+
+
+def test_preflight_states_on_disk(hub, tmp_path, tiny_converted):
+    import shutil
+
+    from tests.reference.sa_checkpoint import DEFAULT_REVISION, hub_cache_layout
+
+    W = weights.WeightsState
+    c = weights.preflight(str(tiny_converted), "stable_audio")
+    assert (c.state, c.ready, c.location) == (W.CACHED, True, tiny_converted)
+    assert c.sentence == f"{tiny_converted} is a converted Stable Audio model, ready to load."
+
+    snap = _sa_snapshot(hub, tmp_path)
+    c = weights.preflight("stable-audio-small", "stable-audio")  # the snapshot, but no T5 anywhere
+    assert c.state is W.NEEDS_DOWNLOAD and c.download == "google-t5/t5-base" and c.location == snap
+    assert c.sentence.startswith("stable-audio-small needs the T5 text encoder google-t5/t5-base, which is not "
+                                 "downloaded and HF_HUB_OFFLINE is set")
+    hub_cache_layout(hub, "google-t5/t5-base", tiny_converted / "t5")
+    c = weights.preflight("stable-audio-small", "stable-audio")
+    assert (c.state, c.location, c.startable) == (W.CONVERTIBLE, snap, True)
+    assert c.sentence == (f"stable-audio-small is on disk ({snap}) and is converted for MLX once on its first "
+                          "load (or ahead of time with `livegen convert stable-audio-small`).")
+
+    converted = weights.converted_dir("stable_audio", SA_REPO, DEFAULT_REVISION, "float32")
+    shutil.copytree(tiny_converted, converted)
+    c = weights.preflight(SA_REPO, "stable-audio")
+    assert (c.state, c.location) == (W.CACHED, converted)
+    assert c.sentence == f"{SA_REPO} is converted and ready in {converted}."
+
+    w = snap / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-3])
+    c = weights.preflight(SA_REPO, "stable-audio")
+    assert c.state is W.BROKEN and c.file == w and "is not a valid safetensors file (truncated" in c.sentence
+    assert c.sentence.endswith(f"; delete {snap.parent.parent} and download {SA_REPO} again.")
+
+
+def test_preflight_missing_and_wrong_engine(hub, tmp_path, tiny_converted):
+    W = weights.WeightsState
+    c = weights.preflight(str(tmp_path / "gone"), "stable-audio")
+    assert c.state is W.MISSING and c.sentence.startswith(f"the model folder {tmp_path / 'gone'} does not exist;")
+    c = weights.preflight("stable-audio-smal", "stable-audio")
+    assert c.state is W.MISSING and "is neither a model name (e.g. stable-audio-small)" in c.sentence
+    c = weights.preflight(str(tiny_converted), "musicgen")
+    assert c.state is W.BROKEN and "says this is a converted Stable Audio model, not MusicGen" in c.sentence
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model_config.json").write_text('{"model_type": "diffusion_cond"}')
+    c = weights.preflight(str(ckpt), "stable-audio")
+    assert c.state is W.BROKEN and c.sentence.startswith(f"{ckpt} has no weights (model.safetensors);")
+    with pytest.raises(ValueError, match="unknown engine"):
+        weights.preflight(str(ckpt), "diffusers")
+
+
+def test_preflight_needs_download_sentences(hub, monkeypatch):
+    import socket
+    import time
+
+    W = weights.WeightsState
+    t0 = time.monotonic()
+    c = weights.preflight("stable-audio-small", "stable-audio")
+    assert (c.state, c.offline, c.hub_reachable, c.gated, c.startable) == (W.NEEDS_DOWNLOAD, True, None, True, False)
+    assert c.sentence == (f"stable-audio-small is not downloaded and HF_HUB_OFFLINE is set, so livegen cannot "
+                          f"fetch it: unset HF_HUB_OFFLINE, or run `hf download {SA_REPO}` on a connected machine "
+                          f"and copy its Hugging Face cache to {hub} (or point HF_HUB_CACHE at the copy).")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    c = weights.preflight("stable-audio-small", "stable-audio")  # no network in the tests
+    assert (c.offline, c.hub_reachable, c.startable) == (False, False, False)
+    assert c.sentence == (f"stable-audio-small is not downloaded yet and the Hugging Face hub cannot be reached: "
+                          f"connect to the network and run `hf download {SA_REPO}` ({SA_REPO} is gated: accept "
+                          f"its licence at https://huggingface.co/{SA_REPO} and run `hf auth login` or set "
+                          f"HF_TOKEN first), or copy a Hugging Face cache that holds it to {hub} (or set "
+                          "HF_HUB_CACHE).")
+    assert time.monotonic() - t0 < 4
+
+    with socket.socket() as server:  # a reachable "hub": a local TCP listener
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        c = weights.preflight("stable-audio-small", "stable-audio")
+        assert (c.hub_reachable, c.token, c.startable) == (True, False, False)
+        assert c.sentence == (f"stable-audio-small is not downloaded yet and {SA_REPO} is gated: accept its "
+                              f"licence at https://huggingface.co/{SA_REPO}, then run `hf auth login` (or set "
+                              "HF_TOKEN) so that it can be downloaded.")
+        monkeypatch.setenv("HF_TOKEN", "hf_test")
+        c = weights.preflight("stable-audio-small", "stable-audio")
+        assert (c.token, c.startable) == (True, True)
+        assert c.sentence == (f"stable-audio-small is not downloaded yet; it will be downloaded on the first start "
+                              f"(accept its licence at https://huggingface.co/{SA_REPO} for your token's account "
+                              "if you have not), or run `livegen convert stable-audio-small` ahead of time.")
+        monkeypatch.delenv("HF_TOKEN")
+        c = weights.preflight("musicgen-small", "musicgen")  # not gated
+        assert (c.state, c.gated, c.startable) == (W.NEEDS_DOWNLOAD, False, True)

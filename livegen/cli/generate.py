@@ -75,8 +75,11 @@ def _sa_limits(config: dict, where: str) -> tuple[str, float]:
         raise UsageError(f"{where} is not a valid Stable Audio model_config.json") from None
 
 
-def _dir_info(path: Path) -> ModelInfo:
+def _dir_info(path: Path, t5: str | None = None) -> ModelInfo:
+    from livegen.weights_check import require_intact
+
     engine = registry.engine_of_dir(path)
+    require_intact(path, engine, need_t5=t5 is None)  # a damaged converted folder, before "loading"
     if engine != "stable_audio":
         return ModelInfo(engine, str(path))
     cfg_path = path / "model_config.json"
@@ -88,7 +91,7 @@ def _dir_info(path: Path) -> ModelInfo:
     return ModelInfo(engine, str(path), objective, max_s)
 
 
-def model_info(model: str) -> ModelInfo:
+def model_info(model: str, t5: str | None = None) -> ModelInfo:
     """Engine and limits of a model argument, without loading weights (UsageError if unknown)."""
     repo = registry.repo_id(model)
     if repo in _KNOWN_SA:
@@ -99,7 +102,7 @@ def model_info(model: str) -> ModelInfo:
     path = Path(model).expanduser()
     try:
         if path.is_dir():
-            return _dir_info(path)
+            return _dir_info(path, t5)
         if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
             raise UsageError(
                 f"unknown model {model!r}: choose one of {', '.join(registry.MODELS)}, a Hugging Face repo id "
@@ -130,7 +133,7 @@ def validate(args: argparse.Namespace) -> ModelInfo:
         raise UsageError("--prompt must not be empty")
     if not args.seconds > 0:
         raise UsageError(f"--seconds must be positive, got {args.seconds:g}")
-    info = model_info(args.model)
+    info = model_info(args.model, getattr(args, "t5", None))
     if info.engine == "stable_audio":
         bad = _given(args, MG_ONLY)
         if bad:
