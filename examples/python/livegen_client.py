@@ -13,7 +13,8 @@
 Needs only python-osc (pip install python-osc). The client sends from its own UDP socket and the
 daemon answers to that address. Each reply is printed as one line, ``/address arg arg ...``. A
 request that queues a job (generate, reroll) waits for that job's /livegen/done or /livegen/error;
-every other message waits for its one reply. Exit status: 0 when the answer is not an error, 1
+every other message waits for its reply (and prints what follows within 0.2 s: setting seconds
+also reports bars, which it clears). Exit status: 0 when the answer is not an error, 1
 otherwise (or when nothing came back in time).
 """
 
@@ -109,17 +110,20 @@ def request(ns: argparse.Namespace) -> tuple[str, list]:
     return ADDR + cmd, []  # status, reload
 
 
-def wait_answer(sock: socket.socket, timeout: float) -> int:
-    """Print replies until the answer to the message just sent is complete."""
+def wait_answer(sock: socket.socket, timeout: float, follow_job: bool) -> int:
+    """Print replies until the answer to the message just sent is complete; ``follow_job``: the
+    message queues a job (generate, reroll), so wait for that job's done or error."""
     job = None
     for address, args in replies(sock, timeout):
         print(show(address, args), flush=True)
-        if address == ADDR + "ack" and job is None and args and args[0]:
-            job = args[0]  # a queued job: wait for its end
+        if follow_job and address == ADDR + "ack" and job is None and args and args[0]:
+            job = args[0]  # the queued job: wait for its end
             continue
         if address == ADDR + "progress":
             continue
         if job is None:
+            for more in replies(sock, 0.2):  # e.g. the second /livegen/get of a set
+                print(show(*more), flush=True)
             return 1 if address == ADDR + "error" else 0
         if address in (ADDR + "done", ADDR + "error") and args and args[0] == job:
             return 0 if address == ADDR + "done" else 1
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         address, args = request(ns)
         sock.sendto(message(address, *args), target)
-        return wait_answer(sock, 600.0 if ns.timeout is None else ns.timeout)
+        return wait_answer(sock, 600.0 if ns.timeout is None else ns.timeout,
+                           follow_job=ns.command in ("generate", "reroll"))
 
 
 if __name__ == "__main__":
