@@ -248,6 +248,7 @@ MALFORMED_REPLY_INTERVAL = 1.0  # at most one "malformed" reply per sender per s
 LOG_WINDOW = 10.0  # at most one warning per sender (or target) per 10 s, "N more suppressed" after
 REFUSED_LOG_WINDOW = 60.0  # a sender outside osc.allow: one warning per minute
 MAX_SEND_BUFFER = 1 << 20  # replies waiting in the transport beyond this are dropped (counted)
+RECEIVE_BUFFER = 4 << 20  # the kernel's default (208 KiB) holds three maximal datagrams: too few for a burst
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -346,6 +347,11 @@ class OscServer:
         self._protocol = protocol  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         self._family = sock.family if sock is not None else socket.AF_INET
+        if sock is not None:
+            try:  # capped by net.core.rmem_max; a smaller buffer only drops more under a flood
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            except OSError as exc:
+                log.debug("could not enlarge the OSC receive buffer: %s", exc)
         self.port = int(transport.get_extra_info("sockname")[1])
 
     def close(self) -> None:
