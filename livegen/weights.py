@@ -169,8 +169,11 @@ def json_problem(path: Path) -> str | None:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()):
-            return f"ends early at line {exc.lineno}, column {exc.colno} (the file is truncated)"
+        body = text.rstrip()
+        if exc.pos >= len(body) or exc.msg.startswith("Unterminated string"):
+            line = body.count("\n") + 1
+            column = len(body) - (body.rfind("\n") + 1) + 1
+            return f"ends early at line {line}, column {column} (the file is truncated)"
         return f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
     if not isinstance(data, dict):
         return "holds JSON that is not an object"

@@ -197,7 +197,18 @@ def check_mappings(settings) -> list[Check]:  # noqa: ANN001
         return [Check("mapping", FAIL, e, "serve refuses to start with this mapping") for e in exc.errors]
     except OSError as exc:
         return [Check("mapping", FAIL, f"a mapping file cannot be read ({exc.strerror or exc})", "fix the path")]
-    return [Check("mapping", OK, f"{len(mapper.rules)} rules, {len(mapper.banks)} banks from {files}")]
+    found = [Check("mapping", OK, f"{len(mapper.rules)} rules, {len(mapper.banks)} banks from {files}")]
+    from livegen.daemon import Daemon
+
+    check = getattr(Daemon, "check", None)  # serve's own pre-load checks of settings against mappings
+    if check is not None:
+        try:
+            problems = check(Daemon(settings, loaders={}))
+        except MappingError as exc:
+            problems = exc.errors
+        found += [Check("serve check", FAIL, p, "serve refuses to start with these settings and mappings")
+                  for p in problems]
+    return found
 
 
 def check_model(name: str, m) -> Check:  # noqa: ANN001

@@ -20,9 +20,17 @@ from livegen.cli import build_parser, main
 
 @pytest.fixture(scope="module")
 def tiny_converted(tmp_path_factory) -> Path:
+    """The tiny random model, with a 60 s window (its weights do not depend on it) so that serve's
+    checks of durations against the model pass with the default settings and mapping."""
+    import json
+
     from tests.models.stable_audio.random_converted import write_random_converted
 
-    return write_random_converted(tmp_path_factory.mktemp("doctor") / "converted")
+    out = write_random_converted(tmp_path_factory.mktemp("doctor") / "converted")
+    config = json.loads((out / "config.json").read_text())
+    config["sample_size"] = 60 * 44100
+    (out / "config.json").write_text(json.dumps(config))
+    return out
 
 
 @pytest.fixture
