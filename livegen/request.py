@@ -10,34 +10,19 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from livegen import tempo
+from livegen import limits, tempo
 
 OUTPUTS = ("play", "folder")
 LAUNCHES = ("now", "beat", "bar")
-BPM_RANGE = (20.0, 400.0)
+BPM_RANGE = limits.BPM_RANGE
 
 
 class RequestError(ValueError):
     """A request with an impossible or absurd value; the message is one plain sentence."""
-
-
-class Limits(Protocol):
-    """What :meth:`Request.validate` needs (``livegen.settings.EngineSettings`` provides it)."""
-
-    max_steps: int
-    max_seconds: float
-    max_prompt_chars: int
-
-
-@dataclass(frozen=True)
-class DefaultLimits:
-    max_steps: int = 250
-    max_seconds: float = 47.0
-    max_prompt_chars: int = 500
 
 
 @dataclass(frozen=True)
@@ -69,57 +54,65 @@ class Request:
         d["outputs"] = list(self.outputs)
         return d
 
-    def validate(self, limits: Limits | None = None) -> None:
-        """Raise :class:`RequestError` (one sentence) if any value is impossible or absurd."""
-        lim = limits if limits is not None else DefaultLimits()
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise RequestError("The prompt is empty.")
-        if len(self.prompt) > lim.max_prompt_chars:
-            raise RequestError(
-                f"The prompt has {len(self.prompt)} characters; the limit is {lim.max_prompt_chars}."
-            )
+    def validate(self, lim: limits.Limits | None = None) -> None:
+        """Raise :class:`RequestError` (one sentence) if any value is impossible or absurd, or
+        beyond what the model named in the request can render (when ``lim`` knows the model)."""
+        lim = lim if lim is not None else limits.Limits()
+        check_prompt(self.prompt, lim.max_prompt_chars)
         if self.negative_prompt is not None and len(self.negative_prompt) > lim.max_prompt_chars:
             raise RequestError(f"The negative prompt is longer than {lim.max_prompt_chars} characters.")
         if not self.model or not isinstance(self.model, str):
             raise RequestError("The model name is empty.")
-        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**32):
-            raise RequestError(f"The seed must be a whole number from 0 to {2**32 - 1}, not {self.seed!r}.")
+        caps = lim.caps(self.model)
+        if lim.models and caps is None:
+            known = ", ".join(sorted(lim.models))
+            raise RequestError(f"There is no model {self.model!r}; this daemon has {known}.")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= limits.SEED_RANGE[1]):
+            raise RequestError(f"The seed must be a whole number from 0 to {limits.SEED_RANGE[1]}, not {self.seed!r}.")
         if self.seconds is not None and self.bars is not None:
             raise RequestError("Give the duration in seconds or in bars, not both.")
         if self.bpm is not None and not (_finite(self.bpm) and BPM_RANGE[0] <= self.bpm <= BPM_RANGE[1]):
             raise RequestError(f"The tempo must be between 20 and 400 bpm, not {self.bpm!r}.")
-        if not _is_int(self.beats_per_bar) or not 1 <= self.beats_per_bar <= 32:
+        lo, hi = limits.BEATS_PER_BAR_RANGE
+        if not _is_int(self.beats_per_bar) or not lo <= self.beats_per_bar <= hi:
             raise RequestError(
-                f"Beats per bar must be a whole number from 1 to 32, not {self.beats_per_bar!r}."
+                f"Beats per bar must be a whole number from {lo} to {hi}, not {self.beats_per_bar!r}."
             )
         if self.seconds is not None and not (_finite(self.seconds) and self.seconds > 0):
             raise RequestError(f"The duration must be a positive number of seconds, not {self.seconds!r}.")
-        if self.bars is not None and not (_finite(self.bars) and self.bars > 0):
-            raise RequestError(f"The number of bars must be positive, not {self.bars!r}.")
+        if self.bars is not None and not (_finite(self.bars) and limits.BARS_RANGE[0] <= self.bars
+                                          <= limits.BARS_RANGE[1]):
+            raise RequestError(f"The number of bars must be between 1/64 and {limits.BARS_RANGE[1]:g}, "
+                               f"not {self.bars!r}.")
         if self.seconds is not None or self.bars is not None:
-            secs = self.duration_seconds()
-            if secs > lim.max_seconds:
-                raise RequestError(
-                    f"The duration is {secs:.2f} seconds; this daemon allows at most {lim.max_seconds:g}."
-                )
-        if self.steps is not None and (not _is_int(self.steps) or not 1 <= self.steps <= lim.max_steps):
-            raise RequestError(f"Steps must be a whole number from 1 to {lim.max_steps}, not {self.steps!r}.")
-        if self.cfg_scale is not None and not (_finite(self.cfg_scale) and 0 <= self.cfg_scale <= 50):
-            raise RequestError(f"The CFG scale must be between 0 and 50, not {self.cfg_scale!r}.")
-        if self.sampler is not None and (not isinstance(self.sampler, str) or not self.sampler):
-            raise RequestError("The sampler name is empty.")
-        if self.slot is not None and (not _is_int(self.slot) or not 0 <= self.slot < 1024):
-            raise RequestError(f"The slot must be a whole number from 0 to 1023, not {self.slot!r}.")
+            check_duration(self.duration_seconds(), self.model, lim)
+        max_steps = min(lim.max_steps, limits.STEPS_CEILING)
+        if self.steps is not None:
+            if caps is not None and not caps.takes_steps:
+                raise RequestError(f"Model {caps.name!r} takes no steps; clear steps (set it to default).")
+            if not _is_int(self.steps) or not 1 <= self.steps <= max_steps:
+                raise RequestError(f"Steps must be a whole number from 1 to {max_steps}, not {self.steps!r}.")
+        lo, hi = limits.CFG_RANGE
+        if self.cfg_scale is not None and not (_finite(self.cfg_scale) and lo <= self.cfg_scale <= hi):
+            raise RequestError(f"The CFG scale must be between {lo:g} and {hi:g}, not {self.cfg_scale!r}.")
+        if self.sampler is not None:
+            if not isinstance(self.sampler, str) or not self.sampler:
+                raise RequestError("The sampler name is empty.")
+            if caps is not None and self.sampler not in caps.samplers:
+                raise RequestError(unknown_sampler(self.sampler, caps))
+        if self.slot is not None and (not _is_int(self.slot) or not 0 <= self.slot < limits.SLOT_COUNT):
+            raise RequestError(f"The slot must be a whole number from 0 to {limits.SLOT_COUNT - 1}, not {self.slot!r}.")
         if not self.outputs:
             raise RequestError("The request has no outputs; use 'play', 'folder' or both.")
         for out in self.outputs:
             if out not in OUTPUTS:
                 raise RequestError(f"Unknown output {out!r}; use 'play' or 'folder'.")
-        if not (_finite(self.gain) and 0 <= self.gain <= 4):
-            raise RequestError(f"The gain must be between 0 and 4, not {self.gain!r}.")
+        lo, hi = limits.GAIN_RANGE
+        if not (_finite(self.gain) and lo <= self.gain <= hi):
+            raise RequestError(f"The gain must be between {lo:g} and {hi:g}, not {self.gain!r}.")
         if self.launch not in LAUNCHES:
             raise RequestError(f"Unknown launch {self.launch!r}; use 'now', 'beat' or 'bar'.")
-        if not _is_int(self.priority):
+        if not _is_int(self.priority) or not limits.PRIORITY_RANGE[0] <= self.priority <= limits.PRIORITY_RANGE[1]:
             raise RequestError(f"The priority must be a whole number, not {self.priority!r}.")
 
     def duration_seconds(self, default_bpm: float = 120.0, default_seconds: float | None = None) -> float:
@@ -176,3 +169,28 @@ def _is_int(v: Any) -> bool:
 def _finite(v: Any) -> bool:
     numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
     return numeric and math.isfinite(v)
+
+
+def check_prompt(prompt: Any, max_chars: int) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RequestError("The prompt is empty.")
+    if len(prompt) > max_chars:
+        raise RequestError(f"The prompt has {len(prompt)} characters; the limit is {max_chars}.")
+
+
+def check_duration(seconds: float, model: str | None, lim: limits.Limits) -> None:
+    """Refuse a duration the model cannot render: under one frame, or beyond its window."""
+    if not _finite(seconds) or seconds <= 0:
+        raise RequestError(f"The duration must be a positive number of seconds, not {seconds!r}.")
+    shortest = lim.min_seconds(model)
+    if seconds < shortest:
+        raise RequestError(f"The duration is {seconds:.3g} s, shorter than one audio frame ({shortest:.3g} s).")
+    ceiling, why = lim.seconds_ceiling(model)
+    if seconds > ceiling + 1e-9:
+        raise RequestError(f"The duration is {seconds:.2f} s; {why}.")
+
+
+def unknown_sampler(name: str, caps: limits.ModelCaps) -> str:
+    if not caps.samplers:
+        return f"Model {caps.name!r} has no sampler choice; clear the sampler (set it to default)."
+    return f"Model {caps.name!r} has no sampler {name!r}; use one of {', '.join(caps.samplers)}."

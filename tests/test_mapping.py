@@ -19,8 +19,18 @@ from livegen.mapping import (
     apply,
 )
 from livegen.request import Request
+from livegen.session import Session
+from livegen.settings import FolderSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def built(mapper: Mapper, state, act: Generate, origin: str = "osc") -> Request:
+    """The session's complete request for a Generate action in ``state`` (the one builder)."""
+    settings = Settings(folder=FolderSettings(path=Path("/tmp")))
+    session = Session(settings, mapper)
+    session.state = state
+    return session.build_request(act.spec, origin)
 SHIPPED = sorted((ROOT / "mappings").glob("*.yaml"))
 
 BASIC = """
@@ -100,7 +110,7 @@ def test_pad_generates_a_request(mapper):
     state = mapper.initial_state(bpm=128)
     (act,) = mapper.handle(MidiEvent("note_on", 9, 37, 90), state)
     assert isinstance(act, Generate)
-    r = act.request
+    r = built(mapper, state, act)
     assert r.prompt == "snare, dark, 128 bpm"
     assert (r.slot, r.seed, r.bars, r.bpm, r.seconds, r.loop) == (1, 90, 2.0, 128.0, None, True)
     assert r.outputs == ("play", "folder")
@@ -146,7 +156,7 @@ def test_state_changes_only_through_apply(mapper):
         apply(a, state)
     assert state.params["cfg"] == 9.0 and state.knobs[(0, 2)] == 127
     (act,) = mapper.handle(MidiEvent("note_on", 9, 36, 5), state)
-    assert act.request.cfg_scale == 9.0
+    assert built(mapper, state, act).cfg_scale == 9.0
 
 
 def test_the_last_duration_set_wins(mapper):
@@ -155,7 +165,8 @@ def test_the_last_duration_set_wins(mapper):
     apply(SetParam("seconds", 5.0), state)
     assert state.params["bars"] is None
     (act,) = mapper.handle(MidiEvent("note_on", 9, 36, 64), state)
-    assert (act.request.seconds, act.request.bars) == (5.0, None)
+    r = built(mapper, state, act)
+    assert (r.seconds, r.bars) == (5.0, None)
     apply(SetParam("bars", 4.0), state)
     assert state.params["seconds"] is None
 
@@ -249,7 +260,7 @@ def test_banks_program_change_and_osc_next(mapper):
     assert sel == SelectBank(1)
     apply(sel, state)
     (act,) = mapper.handle(MidiEvent("note_on", 9, 36, 64), state)
-    assert act.request.prompt.startswith("pad,")
+    assert built(mapper, state, act).prompt.startswith("pad,")
     assert mapper.handle(OscEvent("/td/bank/next", ()), state) == [SelectBank(0)]
     assert mapper.handle(MidiEvent("program_change", 0, program=99), state) == [SelectBank(1)]
 
@@ -258,10 +269,11 @@ def test_reroll_and_osc_generate(mapper):
     state = mapper.initial_state()
     assert mapper.handle(MidiEvent("control_change", 0, control=5, value=1), state)[1] == Reroll(None)
     (act,) = mapper.handle(OscEvent("/livegen/generate", ("glass harp", 6.0)), state)
-    r = act.request
+    r = built(mapper, state, act)
     assert (r.prompt, r.seconds, r.bars, r.slot, r.origin) == ("glass harp", 6.0, None, 7, "osc")
     (act,) = mapper.handle(OscEvent("/td/pad/2", ()), state)
-    assert act.request.prompt == "hat in a" and act.request.slot == 2
+    r = built(mapper, state, act)
+    assert r.prompt == "hat in a" and r.slot == 2
     (sp,) = mapper.handle(OscEvent("/td/cfg", (0.5,)), state)
     assert sp == SetParam("cfg", 5.5)
     assert mapper.handle(OscEvent("/nothing", (1,)), state) == []
@@ -269,8 +281,11 @@ def test_reroll_and_osc_generate(mapper):
 
 def test_bad_message_content_becomes_reject_not_exception(mapper):
     state = mapper.initial_state()
-    (rej,) = mapper.handle(OscEvent("/livegen/generate", ("x", "long")), state)
+    (rej,) = mapper.handle(OscEvent("/livegen/generate", ("x", b"long")), state)
     assert isinstance(rej, Reject) and "number" in rej.reason
+    # an unquoted multi-word prompt (several string atoms from Max or Pd) is joined back together
+    (act,) = mapper.handle(OscEvent("/livegen/generate", ("x", "long")), state)
+    assert isinstance(act, Generate) and act.spec["prompt"] == "x long"
     (rej,) = mapper.handle(OscEvent("/livegen/generate", ("a", 1, 2)), state)
     assert isinstance(rej, Reject) and "at most 2" in rej.reason
     (rej,) = mapper.handle(OscEvent("/td/cfg", ("loud",)), state)
@@ -304,10 +319,10 @@ def test_midi_clock_sets_tempo(mapper):
     assert state.params["bpm"] == 100.0
 
 
-def test_fixed_requests_for_prerendering(mapper):
-    reqs = mapper.fixed_requests(mapper.initial_state())
-    assert [r.slot for r in reqs] == [0, 1, 2, 3]
-    assert all(r.seed is None and isinstance(r, Request) for r in reqs)
+def test_fixed_specs_for_prerendering(mapper):
+    specs = mapper.fixed_specs(mapper.initial_state())
+    assert [s["slot"] for s in specs] == [0, 1, 2, 3]
+    assert all(s["seed"] is None for s in specs)
 
 
 BROKEN = """
@@ -404,7 +419,7 @@ def test_every_mistake_is_reported_with_file_and_line():
         (44, "channel 17 is out of range"),
         (48, "unknown bank 'c'"),
         (53, "not both"),
-        (57, "'steps' must be between 1 and 10000"),
+        (57, "'steps' must be between 1 and 1000"),
         (58, "both 'note' and 'cc'"),
         (61, "matches nothing"),
         (63, "starting with '/'"),
@@ -448,7 +463,7 @@ def test_shipped_mappings_are_valid(path):
                 assert acts and not any(isinstance(a, Reject) for a in acts), (note, acts)
                 for a in acts:
                     if isinstance(a, Generate):
-                        a.request.validate()
+                        built(m, state, a).validate()
 
 
 def test_shipped_set_includes_the_required_layouts():
@@ -463,7 +478,7 @@ def test_default_mapping_has_16_pads_knobs_and_banks():
     slots = []
     for note in range(36, 52):
         (g,) = m.handle(MidiEvent("note_on", 0, note, 100), state)
-        slots.append(g.request.slot)
+        slots.append(built(m, state, g).slot)
     assert slots == list(range(16))
     params = {a.name for cc in range(128) for a in m.handle(MidiEvent("control_change", 0, control=cc, value=64),
                                                             state) if isinstance(a, SetParam)}

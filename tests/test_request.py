@@ -1,7 +1,8 @@
 import pytest
 
 from livegen.request import Clip, Request, RequestError
-from livegen.settings import EngineSettings
+from livegen.limits import Limits
+from livegen.settings import EngineSettings, Settings
 
 
 def test_defaults_validate():
@@ -17,7 +18,7 @@ def test_defaults_validate():
         ({"seconds": -1.0}, "positive"),
         ({"seconds": 48.0}, "at most 47"),
         ({"bars": 0}, "bars"),
-        ({"bars": 100, "bpm": 120}, "200.00 seconds"),
+        ({"bars": 100, "bpm": 120}, "200.00 s"),
         ({"seconds": 2.0, "bars": 1}, "not both"),
         ({"steps": 0}, "Steps"),
         ({"steps": 251}, "1 to 250"),
@@ -45,7 +46,7 @@ def test_absurd_values_are_refused_with_a_sentence(changes, words):
 
 
 def test_limits_come_from_engine_settings():
-    lim = EngineSettings(max_steps=10, max_seconds=5.0, max_prompt_chars=8)
+    lim = Limits.from_settings(Settings(engine=EngineSettings(max_steps=10, max_seconds=5.0, max_prompt_chars=8)))
     Request("short", seconds=5.0, steps=10).validate(lim)
     with pytest.raises(RequestError):
         Request("short", steps=11).validate(lim)

@@ -62,6 +62,7 @@ def load(args: argparse.Namespace):  # noqa: ANN201 - returns livegen.settings.S
 
 
 def dry_run(settings) -> int:  # noqa: ANN001
+    from livegen.daemon import Daemon
     from livegen.mapping import Mapper, MappingError
 
     problems: list[str] = []
@@ -69,21 +70,22 @@ def dry_run(settings) -> int:  # noqa: ANN001
         mapper = Mapper.from_files(settings.mappings)
         print(f"mappings: {len(mapper.rules)} rules, {len(mapper.banks)} banks from "
               f"{', '.join(str(p) for p in settings.mappings)}")
+        problems += Daemon(settings, loaders={}).check()
     except MappingError as exc:
         problems += exc.errors
     for name, m in settings.models.items():
         local = Path(m.path).expanduser()
         looks_local = m.path.startswith((".", "/", "~")) or local.exists()
         if looks_local and not local.is_dir():
-            problems.append(f"model {name}: the folder {m.path} does not exist")
+            problems.append(f"model {name}: the folder {m.path} does not exist.")
         else:
             print(f"model {name}: {m.engine} from {m.path}")
     if settings.folder.path is not None:
         folder = Path(settings.folder.path)
         if not folder.is_dir():
-            problems.append(f"folder.path {folder} is not a folder")
+            problems.append(f"folder.path {folder} is not a folder.")
         elif not os.access(folder, os.W_OK):
-            problems.append(f"folder.path {folder} is not writable")
+            problems.append(f"folder.path {folder} is not writable.")
     print(f"osc: {settings.osc.host}:{settings.osc.port}" if settings.osc.enabled else "osc: off")
     print(f"midi: {'virtual port ' + settings.midi.port_name if settings.midi.virtual else 'no virtual port'}"
           if settings.midi.enabled else "midi: off")
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                         datefmt="%H:%M:%S", stream=sys.stderr)
     logging.getLogger("livegen.daemon").info("stage %-8s %6.2f s  %s", "settings", time.monotonic() - t0,
                                              args.config or "defaults")
-    from livegen.daemon import Daemon
+    from livegen.daemon import Daemon, StartupError
     from livegen.mapping import MappingError
 
     daemon = Daemon(settings)
@@ -111,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         code = asyncio.run(daemon.run())
     except MappingError as exc:
         raise UsageError("invalid mapping:\n" + "\n".join(exc.errors)) from None
+    except StartupError as exc:
+        raise UsageError("the settings or mappings ask for what the models cannot do:\n" + str(exc)) from None
     except OSError as exc:  # e.g. the OSC port is taken, the audio device cannot open
         raise UsageError(str(exc)) from None
     # Everything is closed explicitly by now. Leave without interpreter teardown: the generation

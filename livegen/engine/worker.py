@@ -119,6 +119,19 @@ def generate_kwargs(engine: Any, request: Request, seconds: float,
     return out
 
 
+def describe_error(exc: BaseException) -> str:
+    """One sentence for a user: livegen's own errors carry one; others get their text (the
+    traceback goes to the log at debug level)."""
+    from livegen.errors import LivegenError
+
+    text = str(exc).strip() or exc.__class__.__name__.lower()
+    if isinstance(exc, LivegenError):
+        return text
+    if isinstance(exc, MemoryError):
+        return "out of memory while rendering"
+    return text if text.endswith(".") else text + "."
+
+
 def _eval_weights(engine: Any) -> None:
     """Evaluate every lazily loaded MLX parameter the engine holds (on this thread)."""
     import mlx.core as mx
@@ -183,6 +196,15 @@ class Worker:
             known = ", ".join(self._loaders)
             raise UnknownModel(f"unknown model {name!r}: the daemon has {known}")
         return name
+
+    @property
+    def engines(self) -> dict[str, Engine]:
+        """The loaded engines (complete once READY was emitted); read their attributes only."""
+        return dict(self._engines)
+
+    def busy(self) -> bool:
+        with self._cond:
+            return self._running is not None
 
     def reserve_id(self) -> int:
         """A job id for a result that does not need rendering (e.g. a pre-rendered clip)."""
@@ -303,7 +325,7 @@ class Worker:
             self._load()
         except Exception as exc:  # noqa: BLE001 - reported to the daemon, which exits
             log.debug("model loading failed", exc_info=True)
-            self._emit(WorkerEvent(FATAL, reason=f"{type(exc).__name__}: {exc}"))
+            self._emit(WorkerEvent(FATAL, reason=describe_error(exc)))
             with self._cond:
                 self._stopping = True
             return
@@ -412,8 +434,9 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the thread
             job.state = FAILED
             self._count("failed")
-            log.warning("job %d failed:\n%s", job.id, traceback.format_exc())
-            reason = f"{type(exc).__name__}: {exc}"
+            log.debug("job %d failed:\n%s", job.id, traceback.format_exc())
+            reason = describe_error(exc)
+            log.warning("job %d failed: %s", job.id, reason)
             self._emit(WorkerEvent(FAILED, job.id, request, reason=reason, model=model))
             return
         job.state = DONE

@@ -1,44 +1,29 @@
-"""Mapping rules (YAML) from MIDI/OSC messages to actions.
+"""The mapping file format: YAML -> rules, banks and parameters, every mistake as ``file:line: sentence``.
 
-:class:`Mapper` is pure: ``handle(event, state)`` looks at one message and the current
-:class:`State` and returns a list of actions; it performs no I/O and does not change ``state``.
-State changes travel as :class:`SetParam`, :class:`SelectBank` and :class:`ClockTick` actions
-which the caller applies with :func:`apply` (the daemon does this on its event loop).
-
-The file format is documented in ``docs/daemon-settings.md`` ("Mapping files"); every mistake
-in a file is reported at once as ``file:line: sentence``.
+The format is documented in ``docs/daemon-settings.md`` ("Mapping files"). :func:`parse_texts`
+checks one or more files together (rules may use parameters and banks declared in any of them)
+and raises :class:`MappingError` listing every mistake at once. Fixed ranges come from
+:mod:`livegen.limits`; checks that depend on the loaded model are the session's
+(:func:`livegen.session.check_mapping`).
 """
 
 from __future__ import annotations
 
-import math
-import random
 import re
-import string
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from livegen.request import LAUNCHES, OUTPUTS, Request
+from livegen import limits
+from livegen.mapping.events import DEFAULT_PARAMS, PARAM_TYPES
+from livegen.mapping.values import _coerce, _is_num, _placeholders
+from livegen.request import OUTPUTS
 from livegen.settings import LineDict, LineList, did_you_mean, load_yaml
 
 MIDI_EVENTS = ("note_on", "note_off", "control_change", "program_change", "clock", "start", "stop")
 ACTIONS = ("generate", "trigger", "stop", "set", "bank", "reroll", "tempo")
 CURVES = ("linear", "exp", "log")
-
-# Parameter name -> type ("int", "float", "str", "bool", "launch") for the state and set rules.
-PARAM_TYPES: dict[str, str] = {
-    "prompt": "str", "negative_prompt": "str", "model": "str", "sampler": "str",
-    "seed": "int", "steps": "int", "cfg": "float", "seconds": "float", "bars": "float",
-    "bpm": "float", "beats_per_bar": "int", "gain": "float", "launch": "launch", "loop": "bool",
-    "priority": "int",
-}
-DEFAULT_PARAMS: dict[str, Any] = {
-    "prompt": "", "negative_prompt": None, "model": "default", "sampler": None, "seed": None,
-    "steps": None, "cfg": None, "seconds": None, "bars": None, "bpm": 120.0, "beats_per_bar": 4,
-    "gain": 1.0, "launch": "bar", "loop": False, "priority": 0,
-}
 # Placeholders always available in templates (besides the state parameters).
 _COMMON_PLACEHOLDERS = {"bank", "bank_index", "channel"}
 _EVENT_PLACEHOLDERS = {
@@ -63,134 +48,6 @@ _ACTION_KEYS: dict[str, tuple[str, ...]] = {
 _TOP_KEYS = ("name", "description", "params", "banks", "midi", "osc")
 
 
-# ---------------------------------------------------------------------------------------------
-# Events, state, actions
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MidiEvent:
-    """One MIDI message; ``channel`` is 0-15 (as mido gives it; files use 1-16)."""
-
-    type: str
-    channel: int = 0
-    note: int | None = None
-    velocity: int | None = None
-    control: int | None = None
-    value: int | None = None
-    program: int | None = None
-    time: float | None = None  # seconds on a monotonic clock; needed for clock -> tempo
-
-    @classmethod
-    def from_mido(cls, msg: Any, time: float | None = None) -> MidiEvent:
-        """Build from a ``mido.Message`` (or anything with the same attributes)."""
-        t = msg.type
-        return cls(
-            type=t,
-            channel=int(getattr(msg, "channel", 0) or 0),
-            note=getattr(msg, "note", None),
-            velocity=getattr(msg, "velocity", None),
-            control=getattr(msg, "control", None),
-            value=getattr(msg, "value", None),
-            program=getattr(msg, "program", None),
-            time=time,
-        )
-
-
-@dataclass(frozen=True)
-class OscEvent:
-    address: str
-    args: tuple = ()
-
-
-@dataclass
-class State:
-    """What the mapper reads: parameters (see PARAM_TYPES), raw knob values, selected bank."""
-
-    params: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PARAMS))
-    knobs: dict[tuple[int, int], int] = field(default_factory=dict)  # (channel, cc) -> 0..127
-    bank: int = 0
-    clock_times: list[float] = field(default_factory=list)
-    clock_ticks: int = 0
-
-
-@dataclass(frozen=True)
-class Generate:
-    request: Request
-
-
-@dataclass(frozen=True)
-class Trigger:
-    slot: int
-
-
-@dataclass(frozen=True)
-class Stop:
-    slot: int | None = None
-
-
-@dataclass(frozen=True)
-class SetParam:
-    name: str
-    value: Any
-
-
-@dataclass(frozen=True)
-class SelectBank:
-    bank: int
-
-
-@dataclass(frozen=True)
-class Reroll:
-    slot: int | None = None
-
-
-@dataclass(frozen=True)
-class ClockTick:
-    """A MIDI clock tick at ``time``; :func:`apply` records it for tempo estimation."""
-
-    time: float
-
-
-@dataclass(frozen=True)
-class Reject:
-    """A message matched a rule but its content was unusable (e.g. a missing OSC argument)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class KnobMoved:
-    """A CC value arrived (kept in ``State.knobs`` by :func:`apply`)."""
-
-    channel: int
-    control: int
-    value: int
-
-
-Action = Generate | Trigger | Stop | SetParam | SelectBank | Reroll | ClockTick | Reject | KnobMoved
-
-
-def apply(action: Action, state: State) -> State:
-    """Apply a state-changing action to ``state`` in place (others are ignored); returns it.
-
-    Durations are exclusive: setting ``seconds`` to a value clears ``bars`` and vice versa, so the
-    last one set is the one new requests use.
-    """
-    if isinstance(action, SetParam):
-        state.params[action.name] = action.value
-        other = {"seconds": "bars", "bars": "seconds"}.get(action.name)
-        if other is not None and action.value is not None:
-            state.params[other] = None
-    elif isinstance(action, SelectBank):
-        state.bank = action.bank
-    elif isinstance(action, KnobMoved):
-        state.knobs[(action.channel, action.control)] = action.value
-    elif isinstance(action, ClockTick):
-        state.clock_times.append(action.time)
-        del state.clock_times[:-25]
-        state.clock_ticks += 1
-    return state
-
-
 class MappingError(ValueError):
     """Every mistake in the mapping files, one ``file:line: sentence`` per line."""
 
@@ -199,9 +56,6 @@ class MappingError(ValueError):
         super().__init__("\n".join(self.errors))
 
 
-# ---------------------------------------------------------------------------------------------
-# Rules
-# ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Bank:
     name: str
@@ -267,10 +121,6 @@ def _line(node: Any, key: Any, default: int) -> int:
     return default
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _parse_numbers(value: Any, lo: int, hi: int, what: str, line: int, errs: _Errs) -> tuple[int, ...] | None:
     """int, "36-51", or a list of those -> ordered tuple."""
     items = value if isinstance(value, list) else [value]
@@ -299,441 +149,92 @@ def _parse_numbers(value: Any, lo: int, hi: int, what: str, line: int, errs: _Er
     return tuple(out)
 
 
-def _placeholders(template: str) -> list[str] | None:
-    """Field names used by a template, or None if it is malformed."""
-    try:
-        names = []
-        for _lit, fname, _spec, _conv in string.Formatter().parse(template):
-            if fname is not None:
-                names.append(fname)
-        return names
-    except ValueError:
-        return None
+@dataclass
+class MappingSpec:
+    """The checked content of the mapping files."""
+
+    rules: list[Rule]
+    banks: list[Bank]
+    params: dict[str, Any]
+    param_types: dict[str, str]
+    names: list[str]
+    param_where: dict[str, str] = field(default_factory=dict)  # parameter -> "file:line" of its value
 
 
-class _SafeFormat(dict):
-    def __missing__(self, key: str) -> str:
-        raise KeyError(key)
-
-
-# ---------------------------------------------------------------------------------------------
-# Mapper
-# ---------------------------------------------------------------------------------------------
-class Mapper:
-    """Rules from one or more mapping files; ``handle`` turns a message into actions."""
-
-    def __init__(self, rules: list[Rule], banks: list[Bank], params: dict[str, Any],
-                 param_types: dict[str, str], names: list[str]):
-        self.rules = rules
-        self.banks = banks
-        self.params = params
-        self.param_types = param_types
-        self.names = names
-
-    # --------------------------------------------------------------------------- loading
-    @classmethod
-    def from_files(cls, paths: Iterable[str | Path]) -> Mapper:
-        docs = []
-        errors: list[str] = []
-        for p in paths:
-            p = Path(p)
-            try:
-                text = p.read_text(encoding="utf-8")
-            except OSError as exc:
-                errors.append(f"{p}:0: cannot read the mapping file ({exc.strerror or exc}).")
-                continue
-            docs.append((text, str(p)))
+def read_files(paths: Iterable[str | Path]) -> MappingSpec:
+    """Read and check mapping files; raises :class:`MappingError` (unreadable files included)."""
+    docs = []
+    errors: list[str] = []
+    for p in paths:
+        p = Path(p)
         try:
-            mapper = cls.from_texts(docs)
-        except MappingError as exc:
-            raise MappingError(errors + exc.errors) from None
-        if errors:
-            raise MappingError(errors)
-        return mapper
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            errors.append(f"{p}:0: cannot read the mapping file ({exc.strerror or exc}).")
+            continue
+        docs.append((text, str(p)))
+    try:
+        spec = parse_texts(docs)
+    except MappingError as exc:
+        raise MappingError(errors + exc.errors) from None
+    if errors:
+        raise MappingError(errors)
+    return spec
 
-    @classmethod
-    def from_yaml(cls, text: str, source: str = "<mapping>") -> Mapper:
-        return cls.from_texts([(text, source)])
 
-    @classmethod
-    def from_texts(cls, docs: Iterable[tuple[str, str]]) -> Mapper:
-        errors: list[str] = []
-        rules: list[Rule] = []
-        banks: list[Bank] = []
-        params = dict(DEFAULT_PARAMS)
-        ptypes = dict(PARAM_TYPES)
-        names: list[str] = []
-        parsed = []
-        # Pass 1: params and banks of every file (rules may use params declared in any file).
-        for text, source in docs:
-            errs = _Errs(source)
-            data, yaml_errors = load_yaml(text, source)
-            errors.extend(yaml_errors)
-            if data is None and yaml_errors:
-                continue
-            if data is None:
-                data = LineDict()
-            if not isinstance(data, dict):
-                errs.add(1, "a mapping file must be a mapping with keys like 'midi:' and 'osc:'.")
-                errors.extend(errs.items)
-                continue
-            for key in data:
-                if key not in _TOP_KEYS:
-                    errs.add(_line(data, key, 1), f"unknown section {key!r}.{did_you_mean(key, _TOP_KEYS)}"
-                             f" Known: {', '.join(_TOP_KEYS)}.")
-            names.append(str(data.get("name", Path(source).stem)))
-            _parse_params(data.get("params"), _line(data, "params", 1), params, ptypes, errs)
-            _parse_banks(data.get("banks"), _line(data, "banks", 1), banks, errs)
-            parsed.append((data, errs))
-        for data, errs in parsed:
-            for section, kind in (("midi", "midi"), ("osc", "osc")):
-                node = data.get(section)
-                if node is None:
-                    continue
-                if not isinstance(node, list):
-                    errs.add(_line(data, section, 1), f"'{section}' must be a list of rules (lines starting '- ').")
-                    continue
-                for i, rnode in enumerate(node):
-                    rule = _parse_rule(rnode, kind, _line(node, i, 1), errs, ptypes, banks)
-                    if rule is not None:
-                        rules.append(rule)
+def parse_texts(docs: Iterable[tuple[str, str]]) -> MappingSpec:
+    """Check ``(text, source)`` documents together; raises :class:`MappingError`."""
+    errors: list[str] = []
+    rules: list[Rule] = []
+    banks: list[Bank] = []
+    params = dict(DEFAULT_PARAMS)
+    ptypes = dict(PARAM_TYPES)
+    where: dict[str, str] = {}
+    names: list[str] = []
+    parsed = []
+    # Pass 1: params and banks of every file (rules may use params declared in any file).
+    for text, source in docs:
+        errs = _Errs(source)
+        data, yaml_errors = load_yaml(text, source)
+        errors.extend(yaml_errors)
+        if data is None and yaml_errors:
+            continue
+        if data is None:
+            data = LineDict()
+        if not isinstance(data, dict):
+            errs.add(1, "a mapping file must be a mapping with keys like 'midi:' and 'osc:'.")
             errors.extend(errs.items)
-        errors.extend(_duplicates(rules))
-        rules = [r for r in rules if not r.broken]
-        if errors:
-            raise MappingError(errors)
-        return cls(rules, banks, params, ptypes, names)
-
-    def initial_state(self, bpm: float | None = None, beats_per_bar: int | None = None) -> State:
-        params = dict(self.params)
-        if bpm is not None:
-            params["bpm"] = float(bpm)
-        if beats_per_bar is not None:
-            params["beats_per_bar"] = int(beats_per_bar)
-        return State(params=params)
-
-    # --------------------------------------------------------------------------- handling
-    def handle(self, event: MidiEvent | OscEvent, state: State) -> list[Action]:
-        """Actions for one message (empty when no rule matches). Never raises for bad content."""
-        if isinstance(event, OscEvent):
-            return self._handle_osc(event, state)
-        ev = event
-        if ev.type == "note_on" and not ev.velocity:
-            ev = replace(ev, type="note_off")
-        out: list[Action] = []
-        if ev.type == "control_change" and ev.control is not None and ev.value is not None:
-            out.append(KnobMoved(ev.channel, ev.control, ev.value))
-        if ev.type == "clock" and ev.time is not None:
-            out.append(ClockTick(ev.time))
-        for rule in self.rules:
-            if rule.event != ev.type:
+            continue
+        for key in data:
+            if key not in _TOP_KEYS:
+                errs.add(_line(data, key, 1), f"unknown section {key!r}.{did_you_mean(key, _TOP_KEYS)}"
+                         f" Known: {', '.join(_TOP_KEYS)}.")
+        names.append(str(data.get("name", Path(source).stem)))
+        _parse_params(data.get("params"), _line(data, "params", 1), params, ptypes, errs)
+        if isinstance(data.get("params"), dict):
+            where.update({k: f"{source}:{_line(data['params'], k, 1)}" for k in data["params"]})
+        _parse_banks(data.get("banks"), _line(data, "banks", 1), banks, errs)
+        parsed.append((data, errs))
+    for data, errs in parsed:
+        for section, kind in (("midi", "midi"), ("osc", "osc")):
+            node = data.get(section)
+            if node is None:
                 continue
-            if rule.channels is not None and ev.channel not in rule.channels:
+            if not isinstance(node, list):
+                errs.add(_line(data, section, 1), f"'{section}' must be a list of rules (lines starting '- ').")
                 continue
-            number = {"note_on": ev.note, "note_off": ev.note, "control_change": ev.control,
-                      "program_change": ev.program}.get(ev.type)
-            if rule.numbers is not None and number not in rule.numbers:
-                continue
-            if rule.values is not None:
-                v = ev.velocity if ev.type in ("note_on", "note_off") else ev.value
-                if v not in rule.values:
-                    continue
-            ctx = self._context(state)
-            ctx["channel"] = ev.channel + 1
-            raw: float | None = None
-            if ev.type in ("note_on", "note_off"):
-                pad = rule.numbers.index(ev.note) if rule.numbers is not None else ev.note
-                ctx.update(note=ev.note, velocity=ev.velocity or 0, pad=pad,
-                           pad_prompt=self._pad_prompt(state, pad))
-                raw = float(ev.velocity or 0)
-            elif ev.type == "control_change":
-                ctx.update(control=ev.control, value=ev.value)
-                raw = float(ev.value or 0)
-            elif ev.type == "program_change":
-                ctx.update(program=ev.program, value=ev.program)
-                raw = float(ev.program or 0)
-            out.extend(self._act(rule, ctx, raw, state, ev))
-        return out
-
-    def _handle_osc(self, ev: OscEvent, state: State) -> list[Action]:
-        out: list[Action] = []
-        for rule in self.rules:
-            if rule.address_re is None:
-                continue
-            m = rule.address_re.fullmatch(ev.address)
-            if m is None:
-                continue
-            if rule.osc_values is not None:
-                first = ev.args[0] if ev.args else None
-                if not _is_num(first) or not rule.osc_values[0] <= first <= rule.osc_values[1]:
-                    continue
-            ctx = self._context(state)
-            for k, v in m.groupdict().items():
-                ctx[k] = int(v) if v.isdigit() else v
-            if len(ev.args) > len(rule.args) and rule.args:
-                out.append(Reject(f"{ev.address} takes at most {len(rule.args)} arguments "
-                                  f"({', '.join(rule.args)}), got {len(ev.args)}."))
-                continue
-            for name, val in zip(rule.args, ev.args, strict=False):
-                ctx[name] = _whole(val)
-            if "pad" in ctx and isinstance(ctx["pad"], int):
-                ctx["pad_prompt"] = self._pad_prompt(state, ctx["pad"])
-            raw = None
-            arg_name = rule.opts.get("arg")
-            if arg_name is not None:
-                raw = ctx.get(arg_name)
-            elif ev.args:
-                raw = ev.args[0]
-            if "value" not in ctx and ev.args:
-                ctx["value"] = _whole(ev.args[0])
-            out.extend(self._act(rule, ctx, raw, state, ev))
-        return out
-
-    def _context(self, state: State) -> dict[str, Any]:
-        ctx: dict[str, Any] = dict(state.params)
-        ctx["bank_index"] = state.bank
-        ctx["bank"] = self.banks[state.bank].name if 0 <= state.bank < len(self.banks) else str(state.bank)
-        return ctx
-
-    def _pad_prompt(self, state: State, pad: int) -> str:
-        if 0 <= state.bank < len(self.banks):
-            prompts = self.banks[state.bank].prompts
-            if 0 <= pad < len(prompts):
-                return prompts[pad]
-        return str(state.params.get("prompt") or "")
-
-    def _act(self, rule: Rule, ctx: dict[str, Any], raw: Any, state: State,
-             ev: MidiEvent | OscEvent) -> list[Action]:
-        o = rule.opts
-        try:
-            if rule.action == "generate":
-                return [Generate(self._request(rule, ctx, ev))]
-            if rule.action in ("trigger", "stop", "reroll"):
-                try:
-                    slot = _render_value(o["slot"], ctx, "int") if "slot" in o else None
-                except KeyError:  # an optional OSC argument was left out: every slot
-                    if rule.action == "trigger":
-                        raise
-                    slot = None
-                if rule.action == "trigger":
-                    if slot is None:
-                        return [Reject("This trigger rule has no slot.")]
-                    return [Trigger(int(slot))]
-                return [Stop(slot)] if rule.action == "stop" else [Reroll(slot)]
-            if rule.action == "bank":
-                return [SelectBank(self._bank_index(o.get("bank", "value"), raw, state, rule))]
-            if rule.action == "set":
-                return [SetParam(o["param"], self._set_value(rule, ctx, raw))]
-            if rule.action == "tempo":
-                return self._tempo(state, ev)
-        except KeyError as exc:
-            return [Reject(f"{rule.describe()} ({rule.where()}): no value for {{{exc.args[0]}}}.")]
-        except (ValueError, TypeError) as exc:
-            return [Reject(f"{rule.describe()} ({rule.where()}): {exc}.")]
-        return []
-
-    def _request(self, rule: Rule, ctx: dict[str, Any], ev: MidiEvent | OscEvent) -> Request:
-        o = rule.opts
-        prompt = str(_render_value(o["prompt"], ctx, "str")).strip()
-        if not prompt:
-            raise ValueError("the prompt came out empty")
-        p = ctx  # the state's parameters plus the message's values
-
-        def pick(key: str, param: str, kind: str) -> Any:
-            if key in o:
-                return _render_value(o[key], ctx, kind)
-            return p.get(param)
-
-        seed_spec = o.get("seed", "param")
-        if seed_spec == "random":
-            seed = None
-        elif seed_spec == "velocity":
-            seed = int(ctx.get("velocity", 0))
-        elif seed_spec == "param":
-            seed = p.get("seed")
-        else:
-            seed = _render_value(seed_spec, ctx, "int")
-        if seed is not None and seed < 0:
-            seed = None
-        seconds = pick("seconds", "seconds", "float")
-        bars = pick("bars", "bars", "float")
-        if "seconds" in o and seconds is not None:
-            bars = None
-        elif bars is not None:
-            seconds = None
-        slot_spec = o.get("slot", "{pad}" if "pad" in ctx else None)
-        slot = _render_value(slot_spec, ctx, "int") if slot_spec is not None else None
-        outputs = o.get("outputs", ("play",))
-        origin = "osc" if isinstance(ev, OscEvent) else f"midi:{ev.type}"
-        gain = o.get("gain", p.get("gain", 1.0))
-        gain = float(ctx.get("velocity", 127)) / 127.0 if gain == "velocity" else _render_value(gain, ctx, "float")
-        neg = pick("negative_prompt", "negative_prompt", "str")
-        return Request(
-            prompt=prompt,
-            model=str(pick("model", "model", "str") or "default"),
-            negative_prompt=neg or None,
-            seed=seed,
-            seconds=seconds,
-            bars=bars,
-            bpm=_opt_float(p.get("bpm")),
-            beats_per_bar=int(p.get("beats_per_bar") or 4),
-            steps=pick("steps", "steps", "int"),
-            cfg_scale=pick("cfg", "cfg", "float"),
-            sampler=pick("sampler", "sampler", "str"),
-            slot=slot,
-            outputs=tuple(outputs),
-            loop=bool(pick("loop", "loop", "bool")),
-            gain=float(gain),
-            launch=str(pick("launch", "launch", "launch") or "bar"),
-            priority=int(pick("priority", "priority", "int") or 0),
-            origin=origin,
-        )
-
-    def _bank_index(self, spec: Any, raw: Any, state: State, rule: Rule) -> int:
-        n = max(1, len(self.banks))
-        if spec == "next":
-            return (state.bank + 1) % n
-        if spec == "prev":
-            return (state.bank - 1) % n
-        if spec == "value":
-            if raw is None:
-                raise ValueError("no value to select a bank with")
-            v = _whole(raw)
-            if not _is_num(v):
-                raise ValueError(f"expected a bank number, got {raw!r}")
-            if rule.event == "control_change":  # the knob's travel is split evenly between banks
-                return min(int(v) * n // 128, n - 1)
-            return min(max(int(v), 0), n - 1)
-        if isinstance(spec, str):
-            return [b.name for b in self.banks].index(spec)
-        return int(spec)
-
-    def _set_value(self, rule: Rule, ctx: dict[str, Any], raw: Any) -> Any:
-        o = rule.opts
-        kind = self.param_types[o["param"]]
-        if "value" in o:
-            return _render_value(o["value"], ctx, kind)
-        if raw is None:
-            raise ValueError("the message carries no value")
-        if kind in ("str", "launch") and "choices" not in o:
-            return _coerce(raw, kind)
-        lo_in, hi_in = o.get("input", (0.0, 127.0) if rule.event else (0.0, 1.0))
-        lo, hi = o.get("range", (lo_in, hi_in))
-        if not _is_num(raw):
-            raise ValueError(f"expected a number, got {raw!r}")
-        x = (float(raw) - lo_in) / (hi_in - lo_in)
-        x = min(max(x, 0.0), 1.0)
-        if "choices" in o:
-            choices = o["choices"]
-            return choices[min(int(x * len(choices)), len(choices) - 1)]
-        curve = o.get("curve", "linear")
-        if curve == "exp":
-            y = lo * (hi / lo) ** x
-        elif curve == "log":
-            y = lo + (hi - lo) * math.log10(1.0 + 9.0 * x)
-        else:
-            y = lo + (hi - lo) * x
-        if kind == "int":
-            return int(math.floor(y + 0.5))
-        if kind == "bool":
-            return x >= 0.5
-        return float(y)
-
-    def _tempo(self, state: State, ev: MidiEvent | OscEvent) -> list[Action]:
-        if not isinstance(ev, MidiEvent) or ev.time is None:
-            return []
-        times = state.clock_times + [ev.time]
-        ticks = state.clock_ticks + 1
-        if ticks % 24 != 0 or len(times) < 25:
-            return []
-        span = times[-1] - times[-25]
-        if span <= 0:
-            return []
-        bpm = round(60.0 / span, 1)  # 24 ticks per beat: the span is one beat
-        if not 20.0 <= bpm <= 400.0 or abs(bpm - float(state.params.get("bpm") or 0)) < 0.05:
-            return []
-        return [SetParam("bpm", bpm)]
-
-    # --------------------------------------------------------------------------- pre-rendering
-    def fixed_requests(self, state: State) -> list[Request]:
-        """Requests of note rules whose prompt does not depend on the message (pads mapped to
-        fixed prompts), one per pad, with ``seed=None`` so any variation will do."""
-        out: list[Request] = []
-        for rule in self.rules:
-            if rule.action != "generate" or rule.event != "note_on" or rule.numbers is None:
-                continue
-            names = set(_placeholders(rule.opts["prompt"]) or [])
-            if names & {"velocity", "value", "control", "program"}:
-                continue
-            for note in rule.numbers:
-                ch = min(rule.channels) if rule.channels else 0
-                acts = self.handle(MidiEvent("note_on", ch, note, 100), state)
-                for a in acts:
-                    if isinstance(a, Generate):
-                        out.append(replace(a.request, seed=None, origin="prerender"))
-                        break
-        return out
+            for i, rnode in enumerate(node):
+                rule = _parse_rule(rnode, kind, _line(node, i, 1), errs, ptypes, banks)
+                if rule is not None:
+                    rules.append(rule)
+        errors.extend(errs.items)
+    errors.extend(_duplicates(rules))
+    rules = [r for r in rules if not r.broken]
+    if errors:
+        raise MappingError(errors)
+    return MappingSpec(rules, banks, params, ptypes, names, where)
 
 
-# ---------------------------------------------------------------------------------------------
-# Value rendering
-# ---------------------------------------------------------------------------------------------
-def _whole(v: Any) -> Any:
-    if isinstance(v, float) and math.isfinite(v) and v == int(v):
-        return int(v)
-    return v
-
-
-def _opt_float(v: Any) -> float | None:
-    return None if v is None else float(v)
-
-
-def _coerce(v: Any, kind: str) -> Any:
-    if v is None:
-        return None
-    if kind == "str":
-        return str(v)
-    if kind == "launch":
-        if v not in LAUNCHES:
-            raise ValueError(f"launch must be one of {', '.join(LAUNCHES)}, not {v!r}")
-        return v
-    if kind == "bool":
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, (int, float)):
-            return v != 0
-        if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            return v.lower() in ("true", "yes", "on", "1")
-        raise ValueError(f"expected true or false, got {v!r}")
-    if isinstance(v, bool):
-        raise ValueError(f"expected a number, got {v!r}")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {v!r}") from None
-    if not math.isfinite(f):
-        raise ValueError(f"expected a finite number, got {v!r}")
-    if kind == "int":
-        if f != int(f):
-            raise ValueError(f"expected a whole number, got {v!r}")
-        return int(f)
-    return f
-
-
-def _render_value(spec: Any, ctx: dict[str, Any], kind: str) -> Any:
-    """A literal, or a template string whose placeholders come from ``ctx``."""
-    if isinstance(spec, str) and "{" in spec:
-        names = _placeholders(spec) or []
-        if len(names) == 1 and spec.strip() == "{" + names[0] + "}" and kind != "str":
-            return _coerce(ctx[names[0]], kind)
-        values = _SafeFormat({k: ("" if v is None else _whole(v)) for k, v in ctx.items()})
-        return _coerce(spec.format_map(values), kind)
-    return _coerce(spec, kind)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing
-# ---------------------------------------------------------------------------------------------
 def _parse_params(node: Any, line: int, params: dict[str, Any], ptypes: dict[str, str], errs: _Errs) -> None:
     if node is None:
         return
@@ -957,8 +458,9 @@ def _check_template(value: Any, key: str, available: set[str], line: int, errs: 
 _FIELD_KINDS = {"negative_prompt": "str", "model": "str", "seconds": "float", "bars": "float",
                 "steps": "int", "cfg": "float", "sampler": "str", "slot": "int", "loop": "bool",
                 "gain": "float", "launch": "launch", "priority": "int"}
-_FIELD_RANGES = {"seconds": (0.01, 3600), "bars": (0.0625, 1024), "steps": (1, 10000), "cfg": (0, 50),
-                 "slot": (0, 1023), "gain": (0, 4)}
+_FIELD_RANGES = {"seconds": (0.0, limits.SECONDS_CEILING), "bars": limits.BARS_RANGE,
+                 "steps": (1, limits.STEPS_CEILING), "cfg": limits.CFG_RANGE, "slot": (0, limits.SLOT_COUNT - 1),
+                 "gain": limits.GAIN_RANGE, "bpm": limits.BPM_RANGE, "beats_per_bar": limits.BEATS_PER_BAR_RANGE}
 
 
 def _parse_action(node: dict, rule: Rule, errs: _Errs, ptypes: dict[str, str], available: set[str],
@@ -1199,8 +701,3 @@ def _duplicates(rules: list[Rule]) -> list[str]:
                           f"({r.describe()} overlaps on {what}).")
             break
     return errors
-
-
-def random_seed(rng: random.Random | None = None) -> int:
-    """A fresh seed for re-rolls (0 .. 2**31-1)."""
-    return (rng or random).randrange(0, 2**31)

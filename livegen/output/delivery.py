@@ -1,0 +1,147 @@
+"""Delivery of finished clips: the player, the DAW folder, the slots, and the ``done`` reply.
+
+Runs on the event loop; the two blocking parts run on small thread pools so the loop never
+waits: preparing a clip for the stream (resampling, channel matching) and scheduling it on the
+player (the play pool), and writing the WAV and its sidecar (the write pool). A clip is written
+only when its request lists the ``folder`` output (the session fills that from the settings when
+a message is silent). ``/livegen/done`` follows the file (its path) or, without the folder, the
+clip. A stop bumps the slot's epoch: a clip of that slot still on its way to the player is
+dropped instead of starting after the stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from livegen.control import osc_verbs as verbs
+from livegen.replies import Replies
+from livegen.request import Clip, Request
+
+log = logging.getLogger("livegen.daemon")
+
+UNSLOTTED_BASE = 1024  # voices for requests without a slot: 1024 + job id modulo the voice count
+
+
+class Delivery:
+    def __init__(self, replies: Replies, player: Any = None, folder: Any = None, voices: int = 16,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        self.replies = replies
+        self.player = player
+        self.folder = folder
+        self.voices = voices
+        self._stopping = stopping
+        self.slot_clips: dict[int, tuple[np.ndarray, Request]] = {}
+        self.slot_epochs: dict[int, int] = {}
+        self.clips_played = 0
+        self.files_written = 0
+        self._play_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="livegen-play")
+        self._write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="livegen-write")
+        self._pending: set[asyncio.Future] = set()
+
+    # ---- loop side ----------------------------------------------------------------------
+    def deliver(self, clip: Clip) -> None:
+        request = clip.request
+        loop = asyncio.get_running_loop()
+        if "play" in request.outputs and self.player is not None and not self._stopping():
+            slot = request.slot if request.slot is not None else UNSLOTTED_BASE + clip.job_id % max(1, self.voices)
+            epoch = self.slot_epochs.get(slot, 0)
+            fut = loop.run_in_executor(self._play_pool, self._prepare_and_play, slot, clip, epoch)
+            self._track(fut, request.origin, clip.job_id)
+        if "folder" in request.outputs and self.folder is not None:
+            fut = loop.run_in_executor(self._write_pool, self._write, clip)
+            self._track(fut, request.origin, clip.job_id, clip=clip)
+        else:
+            self.replies.send(request.origin, verbs.DONE, clip.job_id, "", float(clip.seconds))
+
+    def deliver_cached(self, request: Request, cached: Clip, job: int) -> None:
+        clip = dataclasses.replace(cached, request=request.replace(seed=cached.seed), job_id=job,
+                                   created=time.time(), render_seconds=0.0)
+        log.info("job %d served from the pre-render cache: %r", job, request.prompt[:80])
+        self.replies.ack(request.origin, job, f"cached: {request.prompt[:100]}")
+        self.deliver(clip)
+
+    def trigger(self, slot: int, origin: str | None) -> str | None:
+        """Play the slot's last clip again; returns a sentence when it cannot."""
+        if slot not in self.slot_clips:
+            return f"Slot {slot} has no clip yet; generate one for it first."
+        if self.player is None:
+            return "Audio output is disabled (audio.enabled: false)."
+        audio, request = self.slot_clips[slot]
+        epoch = self.slot_epochs.get(slot, 0)
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._play_pool, self._schedule, slot, audio, request, epoch)
+        self._track(fut, origin, 0)
+        return None
+
+    def stop(self, slot: int | None) -> None:
+        """Silence ``slot`` (every slot when None), including clips still on their way."""
+        slots = list(self.slot_epochs) + list(self.slot_clips) if slot is None else [slot]
+        if slot is None:
+            slots += [UNSLOTTED_BASE + i for i in range(self.voices)]
+        for s in set(slots):
+            self.slot_epochs[s] = self.slot_epochs.get(s, 0) + 1
+        if self.player is not None:
+            self.player.stop_slot(slot)
+
+    def _track(self, fut: asyncio.Future, origin: str | None, job: int, clip: Clip | None = None) -> None:
+        self._pending.add(fut)
+
+        def finished(f: asyncio.Future) -> None:
+            self._pending.discard(f)
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                what = "writing the clip" if clip is not None else "playing the clip"
+                log.debug("%s failed", what, exc_info=exc)
+                self.replies.error(origin, f"{what} failed: {exc}", job)
+            elif clip is not None:
+                self.replies.send(origin, verbs.DONE, job, str(f.result()), float(clip.seconds))
+
+        fut.add_done_callback(finished)
+
+    async def drain(self, timeout: float) -> None:
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=timeout)
+
+    def close(self) -> None:
+        self._write_pool.shutdown(wait=True)  # writes are atomic: let the last one finish or clean up
+        self._play_pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- play pool thread ---------------------------------------------------------------
+    def _stream_audio(self, clip: Clip) -> np.ndarray:
+        from livegen.audio_io import match_channels, resample
+
+        audio = clip.audio
+        if clip.sample_rate != self.player.sample_rate:
+            audio = resample(audio, clip.sample_rate, self.player.sample_rate)
+        return np.ascontiguousarray(match_channels(audio, self.player.channels), dtype=np.float32)
+
+    def _prepare_and_play(self, slot: int, clip: Clip, epoch: int) -> int | None:
+        audio = self._stream_audio(clip)
+        if clip.request.slot is not None:
+            self.slot_clips[clip.request.slot] = (audio, clip.request)
+        return self._schedule(slot, audio, clip.request, epoch)
+
+    def _schedule(self, slot: int, audio: np.ndarray, request: Request, epoch: int) -> int | None:
+        if self.slot_epochs.get(slot, 0) != epoch:
+            log.info("slot %d was stopped while its clip was on its way: not played", slot)
+            return None
+        start = self.player.schedule(slot, audio, loop=request.loop, gain=request.gain, launch=request.launch)
+        self.clips_played += 1
+        return start
+
+    # ---- write pool thread --------------------------------------------------------------
+    def _write(self, clip: Clip) -> Path:
+        path = self.folder.write(clip)
+        self.files_written += 1
+        return path
