@@ -436,8 +436,8 @@ class Daemon:
             r.error(origin, outcome.reason)
         elif isinstance(outcome, Echo):
             r.echo(origin, outcome.param, outcome.values)
-        elif isinstance(outcome, Answer):
-            r.to_sender(origin, verbs.GET, outcome.param, *outcome.values)
+        elif isinstance(outcome, Answer):  # also to subscribers: Max/Pd/TouchDesigner listen on another port
+            r.send(origin, verbs.GET, outcome.param, *outcome.values)
         elif isinstance(outcome, TempoChanged):
             if self.player is not None:
                 self.player.set_bpm(outcome.bpm, outcome.beats_per_bar)

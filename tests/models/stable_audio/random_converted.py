@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 
-def write_random_converted(out: Path) -> Path:
+def write_random_converted(out: Path, sample_size: int | None = None) -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -21,7 +21,7 @@ def write_random_converted(out: Path) -> Path:
     from tests.models.t5_fixtures import make_tiny_tokenizer
     from tests.reference.sa_checkpoint import shrink_config
 
-    cfg = shrink_config("small", dit={"depth": 1})
+    cfg = shrink_config("small", dit={"depth": 1}, sample_size=sample_size)
     mx.random.seed(0)
     model = StableAudioModel(parse_config(cfg, "shrunk config"))
     weights = {k: 0.2 * mx.random.normal(v.shape) for k, v in tree_flatten(model.parameters())}
