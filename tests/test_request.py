@@ -1,7 +1,7 @@
 import pytest
 
-from livegen.request import Clip, Request, RequestError
 from livegen.limits import Limits
+from livegen.request import Clip, Request, RequestError
 from livegen.settings import EngineSettings, Settings
 
 

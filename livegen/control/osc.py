@@ -1,4 +1,4 @@
-"""OSC in and out: an asyncio UDP server and the built-in ``/livegen/...`` address space.
+"""OSC in and out: an asyncio UDP server with validated intake and replies that never raise.
 
 The server validates and decodes every datagram once (:mod:`livegen.control.osc_wire`; python-osc
 only builds the replies) and hands every message (also each message of a bundle) to
@@ -7,9 +7,7 @@ their time tag. Malformed datagrams and senders outside the allow-list never rea
 logic: the first go to ``on_malformed`` (rate-limited per sender), the second are dropped. See
 :class:`OscServer` and docs/reliability.md.
 
-:func:`parse_command` turns a built-in address and its arguments into a :class:`Command`, or
-raises :class:`OscArgError` with a sentence for the error reply. Whole floats are accepted where
-an int is expected (Pure Data sends every number as a float).
+The built-in ``/livegen/...`` addresses are parsed by :mod:`livegen.control.osc_verbs`.
 """
 
 from __future__ import annotations
@@ -17,161 +15,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import math
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from livegen.control import osc_wire
 from livegen.control.ratelimit import PerKeyLimit, RateLimitedLog
-from livegen.mapping import PARAM_TYPES
-from livegen.request import LAUNCHES
 
 log = logging.getLogger("livegen.osc")
-
-PREFIX = "/livegen/"
-
-# Single-value addresses (TouchDesigner CHOP export, faders): /livegen/<name> value. The names are
-# the mapper's state parameters, plus "bank" (select a bank by number).
-SINGLE_VALUES: dict[str, str] = {**PARAM_TYPES, "bank": "int"}
-
-# Reply / push addresses the daemon sends.
-ACK = "/livegen/ack"
-PROGRESS = "/livegen/progress"
-DONE = "/livegen/done"
-ERROR = "/livegen/error"
-READY = "/livegen/ready"
-STATUS = "/livegen/status"
-
-HELP = (
-    "/livegen/generate s:prompt [i:seed] [f:seconds], /livegen/trigger i:slot, /livegen/stop [i:slot], "
-    "/livegen/cancel [i:job], /livegen/set s:param value, /livegen/status, /livegen/reload, "
-    "/livegen/subscribe [i:port], /livegen/<param> value for " + ", ".join(SINGLE_VALUES)
-)
-
-
-class OscArgError(ValueError):
-    """The arguments of a built-in address are wrong (the message is the error reply)."""
-
-
-@dataclass(frozen=True)
-class Command:
-    """A parsed built-in message: ``verb`` is generate, trigger, stop, cancel, set, status, reload or
-    subscribe; ``values`` holds its typed arguments."""
-
-    verb: str
-    values: dict[str, Any] = field(default_factory=dict)
-
-
-def as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return int(value)
-    raise OscArgError(f"{what} must be a whole number, got {_show(value)}")
-
-
-def as_float(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise OscArgError(f"{what} must be a number, got {_show(value)}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise OscArgError(f"{what} must be a finite number, got {value}")
-    return value
-
-
-def as_str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise OscArgError(f"{what} must be a string, got {_show(value)}")
-    return value
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def as_bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "yes", "no"):
-        return value.lower() in ("true", "on", "yes")
-    raise OscArgError(f"{what} must be 0 or 1 (or true/false), got {_show(value)}")
-
-
-def as_launch(value: Any, what: str) -> str:
-    if value not in LAUNCHES:
-        raise OscArgError(f"{what} must be one of {', '.join(LAUNCHES)}, got {_show(value)}")
-    return value
-
-
-_CONVERT = {"int": as_int, "float": as_float, "str": as_str, "bool": as_bool, "launch": as_launch}
-
-
-def convert_value(name: str, value: Any) -> Any:
-    """Type a value for a single-value parameter (``/livegen/set name value`` or ``/livegen/name``)."""
-    kind = SINGLE_VALUES.get(name)
-    if kind is None:
-        raise OscArgError(f"unknown parameter {name!r}; known: {', '.join(SINGLE_VALUES)}")
-    return _CONVERT[kind](value, name)
-
-
-def _count(args: Sequence[Any], low: int, high: int, usage: str) -> None:
-    if not low <= len(args) <= high:
-        raise OscArgError(f"expected {usage}, got {len(args)} argument(s)")
-
-
-def parse_command(address: str, args: Sequence[Any]) -> Command | None:
-    """Parse a built-in address; None when ``address`` is not one (the mapper may still match it)."""
-    if not address.startswith(PREFIX):
-        return None
-    verb = address[len(PREFIX):]
-    if verb == "generate":
-        usage = "/livegen/generate s:prompt [i:seed] [f:seconds]"
-        # Pd and Max split an unquoted prompt at spaces: leading strings are joined back together
-        words = 0
-        while words < len(args) and isinstance(args[words], str):
-            words += 1
-        if words > 1:
-            args = (" ".join(args[:words]), *args[words:])
-        _count(args, 1, 3, usage)
-        values: dict[str, Any] = {"prompt": as_str(args[0], "prompt")}
-        if len(args) > 1:
-            values["seed"] = as_int(args[1], "seed")
-        if len(args) > 2:
-            values["seconds"] = as_float(args[2], "seconds")
-        return Command("generate", values)
-    if verb == "trigger":
-        _count(args, 1, 1, "/livegen/trigger i:slot")
-        return Command("trigger", {"slot": as_int(args[0], "slot")})
-    if verb in ("stop", "cancel"):
-        key = "slot" if verb == "stop" else "job"
-        _count(args, 0, 1, f"/livegen/{verb} [i:{key}]")
-        return Command(verb, {key: as_int(args[0], key) if args else None})
-    if verb == "set":
-        _count(args, 2, 2, "/livegen/set s:param value")
-        name = as_str(args[0], "param")
-        return Command("set", {"name": name, "value": convert_value(name, args[1])})
-    if verb in ("status", "reload"):
-        _count(args, 0, 0, f"/livegen/{verb} (no arguments)")
-        return Command(verb)
-    if verb == "subscribe":
-        _count(args, 0, 1, "/livegen/subscribe [i:port]")
-        return Command("subscribe", {"port": as_int(args[0], "port") if args else None})
-    if verb in SINGLE_VALUES:
-        _count(args, 1, 1, f"/livegen/{verb} value")
-        return Command("set", {"name": verb, "value": convert_value(verb, args[0])})
-    if verb in ("ack", "progress", "done", "error", "ready"):
-        raise OscArgError(f"{address} is a reply address the daemon sends, not one it receives")
-    raise OscArgError(f"unknown address {address}; known: {HELP}")
-
 
 def build_message(address: str, args: Iterable[Any], types: str | None = None) -> bytes:
     """One OSC message as bytes; ``types`` (e.g. "sif") overrides the inferred type tags."""

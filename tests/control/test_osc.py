@@ -11,73 +11,9 @@ from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from livegen.control.osc import (
-    Command,
-    OscArgError,
-    OscServer,
-    build_message,
-    parse_command,
-    sender_allowed,
-)
+from livegen.control.osc import OscServer, build_message, sender_allowed
 from livegen.control.ratelimit import PerKeyLimit, RateLimitedLog
 from tests.control.test_osc_wire import FREEZE, stall_message, zero_elements
-
-
-def test_generate_with_optional_seed_and_seconds():
-    assert parse_command("/livegen/generate", ("warm pad",)) == Command("generate", {"prompt": "warm pad"})
-    assert parse_command("/livegen/generate", ("warm pad", 42, 8.0)) == Command(
-        "generate", {"prompt": "warm pad", "seed": 42, "seconds": 8.0}
-    )
-    # Pure Data sends every number as a float: whole floats are accepted where ints are expected
-    cmd = parse_command("/livegen/generate", ("pad", 42.0, 2))
-    assert cmd.values == {"prompt": "pad", "seed": 42, "seconds": 2.0}
-    assert isinstance(cmd.values["seed"], int) and isinstance(cmd.values["seconds"], float)
-    # a prompt split at spaces (Pd/Max message boxes) is joined back together
-    cmd = parse_command("/livegen/generate", ("warm", "analog", "pad", 42.0, 0.5))
-    assert cmd.values == {"prompt": "warm analog pad", "seed": 42, "seconds": 0.5}
-
-
-@pytest.mark.parametrize(
-    "address, args, message",
-    [
-        ("/livegen/generate", (), "expected /livegen/generate s:prompt"),
-        ("/livegen/generate", (12,), "prompt must be a string, got 12"),
-        ("/livegen/generate", ("p", 4.5), "seed must be a whole number, got 4.5"),
-        ("/livegen/generate", ("p", 1, "long"), "seconds must be a number, got 'long'"),
-        ("/livegen/generate", ("p", 1, float("nan")), "seconds must be a finite number"),
-        ("/livegen/trigger", ("one",), "slot must be a whole number, got 'one'"),
-        ("/livegen/trigger", (), "expected /livegen/trigger i:slot, got 0 argument(s)"),
-        ("/livegen/set", ("volume", 1), "unknown parameter 'volume'"),
-        ("/livegen/set", ("steps",), "expected /livegen/set s:param value"),
-        ("/livegen/steps", ("many",), "steps must be a whole number, got 'many'"),
-        ("/livegen/status", (1,), "expected /livegen/status (no arguments)"),
-        ("/livegen/done", (1, "x", 2.0), "is a reply address"),
-        ("/livegen/frobnicate", (), "unknown address /livegen/frobnicate"),
-    ],
-)
-def test_wrong_arguments_give_a_sentence(address, args, message):
-    with pytest.raises(OscArgError) as info:
-        parse_command(address, args)
-    assert message in str(info.value)
-
-
-def test_single_value_addresses_and_set():
-    assert parse_command("/livegen/seed", (42,)) == Command("set", {"name": "seed", "value": 42})
-    assert parse_command("/livegen/bpm", (120,)) == Command("set", {"name": "bpm", "value": 120.0})
-    assert parse_command("/livegen/steps", (8.0,)) == Command("set", {"name": "steps", "value": 8})
-    assert parse_command("/livegen/prompt", ("dub",)) == Command("set", {"name": "prompt", "value": "dub"})
-    assert parse_command("/livegen/set", ("cfg", 3)) == Command("set", {"name": "cfg", "value": 3.0})
-    assert parse_command("/livegen/stop", ()) == Command("stop", {"slot": None})
-    assert parse_command("/livegen/stop", (2.0,)) == Command("stop", {"slot": 2})
-    assert parse_command("/livegen/cancel", (7,)) == Command("cancel", {"job": 7})
-    assert parse_command("/livegen/subscribe", (9001,)) == Command("subscribe", {"port": 9001})
-    assert parse_command("/livegen/reload", ()) == Command("reload")
-    assert parse_command("/livegen/loop", (1.0,)) == Command("set", {"name": "loop", "value": True})
-    assert parse_command("/livegen/launch", ("beat",)) == Command("set", {"name": "launch", "value": "beat"})
-    assert parse_command("/livegen/bank", (2,)) == Command("set", {"name": "bank", "value": 2})
-    with pytest.raises(OscArgError, match="launch must be one of now, beat, bar"):
-        parse_command("/livegen/launch", ("later",))
-    assert parse_command("/other/address", (1,)) is None
 
 
 def test_build_message_infers_or_takes_types():

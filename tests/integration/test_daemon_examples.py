@@ -16,12 +16,8 @@ from typing import Any
 import pytest
 
 from livegen.control.osc import build_message
+from livegen.control.osc_verbs import parse as parse_command  # the daemon's parser of the built-in addresses
 from tests.integration.conftest import REPO, OscClient, free_port
-
-try:  # the daemon's parser of the built-in addresses
-    from livegen.control.osc_verbs import parse as parse_command
-except ImportError:
-    from livegen.control.osc import parse_command
 
 EXAMPLES = REPO / "examples"
 DOCS = REPO / "docs" / "daemon.md"
