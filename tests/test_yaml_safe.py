@@ -75,11 +75,11 @@ def test_a_file_over_the_size_cap_is_refused(tmp_path):
     text = "# padding\n" * (yaml_safe.MAX_BYTES // 10 + 1) + "osc: {port: 9000}\n"
     data, errors = load_yaml(text, "big.yaml")
     assert data is None
-    assert errors == ["big.yaml:0: this file is 1,048,596 bytes, more than the 1 MiB livegen reads from "
+    assert errors == ["big.yaml:0: this file is 1,048,598 bytes, more than the 1 MiB livegen reads from "
                       "a settings or mapping file."]
     p = tmp_path / "livegen.yaml"
     p.write_text(text)
-    with pytest.raises(SettingsError, match=r"livegen\.yaml:0: this file is 1,048,596 bytes, more than the 1 MiB"):
+    with pytest.raises(SettingsError, match=r"livegen\.yaml:0: this file is 1,048,598 bytes, more than the 1 MiB"):
         load_settings(p)
     # exactly at the cap is fine
     fits = "#" * (yaml_safe.MAX_BYTES - 1) + "\n"

@@ -268,10 +268,13 @@ def test_a_named_source_that_restarts_is_connected_again(jack_server, gap):
             midi.close()
         assert values[0] == 1 and values[-1] == 5
         assert changes[-1] == "MIDI port 'lgsrc:out' is connected again."
+        gone = "MIDI port 'lgsrc:out' went away; livegen connects it again when it comes back."
         if gap > 1.0:  # seen gone: reported as gone first
-            assert changes == ["MIDI port 'lgsrc:out' went away; livegen connects it again when it comes back.",
-                               "MIDI port 'lgsrc:out' is connected again."]
-        assert midi.reconnects == 1 and midi.port_names == ["lgsrc:out"]
+            assert changes[0] == gone
+        # a look while the old client was closing may add a connect and a loss before the last one
+        assert set(changes) <= {gone, "MIDI port 'lgsrc:out' is connected again."}
+        assert midi.reconnects == changes.count("MIDI port 'lgsrc:out' is connected again.") >= 1
+        assert midi.port_names == ["lgsrc:out"]
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
