@@ -19,6 +19,7 @@ from typing import Any
 
 from livegen import limits
 from livegen.control import osc_verbs as verbs
+from livegen.control.ratelimit import RateLimitedLog
 
 log = logging.getLogger("livegen.daemon")
 
@@ -49,6 +50,8 @@ class Replies:
         self.status_target = status_target
         self._clock = clock
         self.subscribers: OrderedDict[Target, float] = OrderedDict()  # target -> expiry time
+        # one warning line per origin per 10 s (a flood of bad messages must not flood the log)
+        self._errors_log = RateLimitedLog(log, window=10.0)
 
     # ---- subscriptions ------------------------------------------------------------------
     def subscribe(self, target: Target) -> None:
@@ -106,7 +109,8 @@ class Replies:
         self.send(origin, verbs.GET, param, *values)
 
     def error(self, origin: str | None, reason: str, job: int | None = None) -> None:
-        log.warning("error%s: %s", f" (job {job})" if job is not None else "", reason)
+        self._errors_log.log(logging.WARNING, origin, "error%s to %s: %s",
+                             f" (job {job})" if job is not None else "", origin or "subscribers", reason[:300])
         if job is None:
             self.send(origin, verbs.ERROR, reason)
         else:

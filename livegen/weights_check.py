@@ -253,9 +253,10 @@ def _download_check(repo: str, source: str, engine: str, *, what: str | None = N
     where = _hub_cache()
     licence = f"accept its licence at https://huggingface.co/{repo}"
     if offline:
+        first = f" ({repo} is gated: {licence} and run `hf auth login` or set HF_TOKEN first)" if gated else ""
         sentence = (f"{subject} is not downloaded and HF_HUB_OFFLINE is set, so livegen cannot fetch it: unset "
-                    f"HF_HUB_OFFLINE, or run `hf download {repo}` on a connected machine and copy its Hugging "
-                    f"Face cache to {where} (or point HF_HUB_CACHE at the copy).")
+                    f"HF_HUB_OFFLINE and start again{first}, or run `hf download {repo}` on a connected machine "
+                    f"and copy its Hugging Face cache to {where} (or point HF_HUB_CACHE at the copy).")
     elif not reachable:
         first = f" ({repo} is gated: {licence} and run `hf auth login` or set HF_TOKEN first)" if gated else ""
         sentence = (f"{subject} is not downloaded yet and the Hugging Face hub cannot be reached: connect to the "

@@ -392,7 +392,9 @@ def test_preflight_needs_download_sentences(hub, monkeypatch):
     c = weights.preflight("stable-audio-small", "stable-audio")
     assert (c.state, c.offline, c.hub_reachable, c.gated, c.startable) == (W.NEEDS_DOWNLOAD, True, None, True, False)
     assert c.sentence == (f"stable-audio-small is not downloaded and HF_HUB_OFFLINE is set, so livegen cannot "
-                          f"fetch it: unset HF_HUB_OFFLINE, or run `hf download {SA_REPO}` on a connected machine "
+                          f"fetch it: unset HF_HUB_OFFLINE and start again ({SA_REPO} is gated: accept its licence at "
+                          f"https://huggingface.co/{SA_REPO} and run `hf auth login` or set HF_TOKEN first), or run "
+                          f"`hf download {SA_REPO}` on a connected machine "
                           f"and copy its Hugging Face cache to {hub} (or point HF_HUB_CACHE at the copy).")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     c = weights.preflight("stable-audio-small", "stable-audio")  # no network in the tests

@@ -95,11 +95,23 @@ def dry_run(settings) -> int:  # noqa: ANN001
     return 1 if problems else 0
 
 
+def check_weights(settings) -> None:  # noqa: ANN001
+    """Before anything opens: every model's weights are on disk or can be downloaded now, else one
+    sentence with the fix (licence page, ``hf auth login``/``HF_TOKEN``, offline cache), exit 2."""
+    from livegen.weights import preflight
+
+    for name, m in settings.models.items():
+        check = preflight(m.path, m.engine, m.t5)
+        if not check.startable:
+            raise UsageError(f"model {name}: {check.sentence}" if len(settings.models) > 1 else check.sentence)
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     settings = load(args)
     if args.dry_run:
         return dry_run(settings)
+    check_weights(settings)
     logging.basicConfig(level=getattr(logging, settings.log_level.upper()),
                         format="%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
