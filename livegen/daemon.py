@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from livegen import limits as lim
-from livegen import preflight
+from livegen import preflight, watchdog
 from livegen.control import osc_verbs as verbs
 from livegen.control.osc_verbs import Verb
 from livegen.engine import worker as wk
@@ -134,6 +133,8 @@ class Daemon:
         self._mapping_mtimes: dict[Path, int] = {}
         self._tasks: list[asyncio.Task] = []
         self._t0 = time.monotonic()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.watchdog: watchdog.Watchdog | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -153,19 +154,36 @@ class Daemon:
             sys.setswitchinterval(switch)
 
     async def _run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError):  # not the main thread / Windows: no handler there
-                pass
+        loop = self._loop = asyncio.get_running_loop()
+        # SIGTERM/SIGINT end the process even when the loop is stuck: the handlers run on the main
+        # thread, ask the loop to stop, and end the process after a grace time (livegen.watchdog).
+        grace = FINISH_ON_SHUTDOWN_SECONDS + 5.0 if self.settings.engine.finish_running_on_shutdown else 2.0
+        fallback = None
+        try:
+            fallback = watchdog.install_signal_fallback(self.stop, grace, loop=loop)
+        except ValueError:  # not the main thread: the embedding program handles signals
+            pass
+        self.watchdog = watchdog.Watchdog(loop, on_recover=self._on_stall_end)
+        self.watchdog.start()
         try:
             await self._start()
             if self._fatal is None:
                 await self._stop.wait()
         finally:
             await self._shutdown()
+            self.watchdog.stop()
+            if fallback is not None:
+                fallback.disarm()
         return self.exit_code
+
+    def _on_stall_end(self, stall: Any) -> None:  # watchdog thread
+        def report() -> None:
+            self.replies.push(verbs.ERROR, f"The daemon's event loop was stalled for {stall.duration:.2f} s "
+                                           "(see the log for where).")
+        try:
+            self._loop.call_soon_threadsafe(report)
+        except RuntimeError:  # the loop is closed
+            pass
 
     def check(self) -> list[str]:
         """Every problem with the settings and mappings that can be found before loading (also
@@ -217,7 +235,8 @@ class Daemon:
             from livegen.control.midi import MidiInput, MidiUnavailable
 
             midi = MidiInput(asyncio.get_running_loop(), self._on_midi, MidiEvent, virtual=s.midi.virtual,
-                             port_name=s.midi.port_name, connect=s.midi.connect, api=s.midi.api)
+                             port_name=s.midi.port_name, connect=s.midi.connect, api=s.midi.api,
+                             on_change=self._on_midi_change)
             try:
                 names = midi.open()
                 self.midi = midi
@@ -335,14 +354,14 @@ class Daemon:
             "midi": {"api": self.midi.api, "ports": self.midi.port_names,
                      "received": self.midi.received} if self.midi is not None else {},
             "prerender": self.prerender.stats() if self.prerender is not None else {},
+            "watchdog": self.watchdog.stats() if self.watchdog is not None else {},
             "uptime": time.monotonic() - self._t0,
         }
 
     def _osc_stats(self) -> dict[str, Any]:
         if self.osc is None:
             return {}
-        keys = ("received", "malformed", "rejected", "send_errors", "suppressed")
-        return {k: getattr(self.osc, k) for k in keys if hasattr(self.osc, k)}
+        return self.osc.stats()
 
     def _status_args(self) -> list[Any]:
         st = self.status()
@@ -406,6 +425,10 @@ class Daemon:
         return True
 
     # ------------------------------------------------------------------ inputs
+    def _on_midi_change(self, sentence: str) -> None:
+        """A named MIDI connection went away or came back: tell the subscribers."""
+        self.replies.push(verbs.ACK, 0, sentence)
+
     def _on_malformed(self, sender: tuple[str, int], reason: str) -> None:
         self.replies.error(osc_origin(sender), reason)
 

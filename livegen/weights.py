@@ -17,11 +17,15 @@ import sys
 import uuid
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 
 import livegen
+from livegen import _blas
 from livegen.errors import WeightsError
+
+_blas.preload()  # this module is an entry point of the Python API too: the optimised BLAS before mlx.core
+
+import mlx.core as mx  # noqa: E402
 
 __all__ = [
     "WeightsError",

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in ("send", "devices"):  # the commands that run MLX: the optimised BLAS first
+        from livegen import _blas
+
+        _blas.preload()
     prefix = f"livegen {args.command}:"
     try:
         return int(args.func(args) or 0)

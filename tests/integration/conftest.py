@@ -180,12 +180,12 @@ def write_settings(path: Path, model: dict, port: int, status_port: int, folder:
 
 def start_daemon(tmp: Path, model: dict, audio: bool = True, midi: bool = True,
                  folder: bool = True, midi_port: str = MIDI_PORT, prerender: bool = False,
-                 musicgen: bool = False) -> Daemon:
+                 musicgen: bool = False, mapping_text: str = MAPPING) -> Daemon:
     tmp.mkdir(parents=True, exist_ok=True)
     daw = tmp / "daw"
     daw.mkdir(exist_ok=True)
     mapping = tmp / "mapping.yaml"
-    mapping.write_text(MAPPING)
+    mapping.write_text(mapping_text)
     status = OscClient()
     port = free_port()
     config = tmp / "livegen.yaml"

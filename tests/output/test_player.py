@@ -135,7 +135,9 @@ def test_resample_32k_to_44k1_keeps_a_tone():
     out = resample(np.concatenate([src, 0.5 * src]), 32000, 44100)
     want = np.sin(2 * np.pi * 1000 * np.arange(44100) / 44100)
     assert out.shape == (2, 44100) and out.dtype == np.float32
-    assert np.abs(out[0] - want).max() < 1e-3 and np.abs(out[1] - 0.5 * want).max() < 1e-3
+    # soxr treats the clip as silent outside itself: compare away from the two ends
+    inner = slice(64, -64)
+    assert np.abs(out[0] - want)[inner].max() < 1e-3 and np.abs(out[1] - 0.5 * want)[inner].max() < 1e-3
     assert resample(src, 44100, 44100).shape == src.shape
     p = _player()
     p.schedule(0, src[:, :3200], launch="now", sample_rate=32000)
