@@ -16,9 +16,9 @@ pytestmark = pytest.mark.realtime
 def test_sets_are_echoed_and_get_answers(daemon, client):
     listener = OscClient()  # a patch that listens on another port than it sends from
     try:
-        mark = client.mark()
+        lmark = listener.mark()
         client.send(daemon.port, "/livegen/subscribe", listener.port)
-        client.wait("/livegen/ack", mark, timeout=10)  # the ack goes to the subscribed port...
+        listener.wait("/livegen/ack", lmark, timeout=10)  # the ack goes to the subscribed port...
         lmark = listener.mark()
         mark = client.mark()
         client.send(daemon.port, "/livegen/cfg", 3)
@@ -27,7 +27,7 @@ def test_sets_are_echoed_and_get_answers(daemon, client):
         assert listener.wait("/livegen/get", lmark, timeout=10).params == ["cfg", 3.0]  # ...and the echo too
         mark = client.mark()
         client.send(daemon.port, "/livegen/steps", "default")
-        assert client.wait("/livegen/get", mark, timeout=10).params == ["steps", 8]  # the model's default
+        assert client.wait("/livegen/get", mark, timeout=10).params == ["steps", 2]  # the model's default (settings)
         mark = client.mark()
         client.send(daemon.port, "/livegen/get", "bpm")
         assert client.wait("/livegen/get", mark, timeout=10).params[0] == "bpm"
@@ -57,6 +57,9 @@ def test_livegen_send_prints_the_echo_and_exits_0(daemon):
 
 def test_a_hot_reload_applies_an_edited_params_block(daemon, client):
     good = daemon.mapping.read_text()
+    mark = client.mark()
+    client.send(daemon.port, "/livegen/reload")  # a load: what performers set before it is now settled
+    client.wait("/livegen/ack", mark, timeout=10, where=lambda p: p[1] == "mappings reloaded")
     try:
         daemon.mapping.write_text(good.replace("  steps: 2\n", "  steps: 3\n  cfg: 2.5\n"))
         mark = client.mark()
@@ -64,7 +67,7 @@ def test_a_hot_reload_applies_an_edited_params_block(daemon, client):
         client.wait("/livegen/ack", mark, timeout=10, where=lambda p: p[1] == "mappings reloaded")
         mark = client.mark()
         client.send(daemon.port, "/livegen/get", "cfg")
-        assert client.wait("/livegen/get", mark, timeout=10).params == ["cfg", 2.5]
+        assert client.wait("/livegen/get", mark, timeout=10, where=lambda p: p[0] == "cfg").params == ["cfg", 2.5]
         mark = client.mark()
         client.send(daemon.port, "/livegen/generate", "after reload", 1, 0.05)
         job = client.wait("/livegen/ack", mark, timeout=10).params[0]
@@ -102,13 +105,12 @@ def test_a_pad_hit_during_a_prerender_starts_within_one_sampler_step(jack_server
                           mapping_text=PREEMPT_MAPPING)
     client = OscClient()
     try:
-        log_started = re.compile(r"(\d\d):(\d\d):(\d\d)\.(\d{3}) .*job (\d+) started: '(.*)'")
-        deadline = time.monotonic() + 120
-        while "job" not in daemon.log_text() or not any(
-                m.group(6).startswith("pad") for m in log_started.finditer(daemon.log_text())):
+        deadline = time.monotonic() + 180
+        while "pre-rendered job 1 " not in daemon.log_text():  # one 60-step pre-render took its seconds
             assert time.monotonic() < deadline, daemon.log_text()[-2000:]
             time.sleep(0.1)
-        time.sleep(1.0)  # the pre-render is well into its 60 steps
+        whole = float(re.search(r"pre-rendered job 1 \(([\d.]+) s\)", daemon.log_text()).group(1))
+        time.sleep(1.0)  # the next pre-render (another variation) is well into its 60 steps
         mark = client.mark()
         sent = time.time()
         client.send(daemon.port, "/hit")
@@ -116,15 +118,12 @@ def test_a_pad_hit_during_a_prerender_starts_within_one_sampler_step(jack_server
         first = client.wait("/livegen/progress", mark, timeout=60, where=lambda p: p[0] == job)
         waited = time.time() - sent
         client.wait("/livegen/done", mark, timeout=60, where=lambda p: p[0] == job)
-        text = daemon.log_text()
-        assert "cancelled for a performer's request" in text
-        # one step of the 60-step pre-render: its duration from the worker's own progress timing
-        steps = [m for m in log_started.finditer(text) if m.group(6).startswith("pad")]
-        assert steps
+        assert "cancelled for a performer's request" in daemon.log_text()
         assert first.params[1:] == [1, 2]
-        # the performer's first step arrives within the time of one pre-render step plus its own step
-        # (both tiny-model steps take well under a second; a whole 60-step pre-render takes many)
-        assert waited < 5.0, waited
+        # the performer's first step arrives within one pre-render step (whole / 60) plus its own step
+        # and the round trip; generous for a loaded machine, and far below a whole pre-render
+        assert waited < max(1.0, 6 * whole / 60) + 1.0, (waited, whole)
+        assert waited < whole / 3, (waited, whole)
     finally:
         client.close()
         rc, _ = stop_daemon(daemon)
