@@ -281,7 +281,7 @@ def test_cli_generate_writes_float_wav(tiny_dirs, tmp_path, monkeypatch, capsys)
             "FLOAT",
         )
         err = capsys.readouterr().err
-        assert "tokens/s" in err and "seed 3" in err
+        assert "token/s" in err and "seed 3" in err
     melody = tmp_path / "melody.wav"
     sf.write(str(melody), np.zeros(3200, np.float32), 16000, subtype="FLOAT")
     argv = ["generate", "--model", str(tiny_dirs["mono"][0]), "--prompt", PROMPT, "--seconds", "0.01",
