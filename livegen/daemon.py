@@ -188,22 +188,26 @@ class Daemon:
     def check(self) -> list[str]:
         """Every problem with the settings and mappings that can be found before loading (also
         ``--dry-run``); raises :class:`MappingError` for an invalid mapping file."""
+        return self._check()[0]
+
+    def _check(self) -> tuple[list[str], Mapper, dict[str, lim.ModelCaps]]:
         s = self.settings
         mapper = Mapper.from_files(s.mappings)
-        limits = lim.Limits.from_settings(s, lim.caps_from_settings(s))
+        caps = lim.caps_from_settings(s)
+        limits = lim.Limits.from_settings(s, caps)
         problems = preflight.check_settings(s, limits)
         found = preflight.check_mapping(mapper, s, limits)
         for w in found.warnings:
             log.warning("mapping: %s", w)
-        return problems + found.errors
+        return problems + found.errors, mapper, caps
 
     async def _start(self) -> None:
         s = self.settings
         t = time.monotonic()
-        problems = self.check()
+        problems, mapper, caps = self._check()
         if problems:
             raise StartupError("\n".join(problems))
-        self.session = Session(s, Mapper.from_files(s.mappings))
+        self.session = Session(s, mapper, caps)
         self._remember_mtimes()
         self._stage("mappings", t, ", ".join(str(p) for p in s.mappings))
 

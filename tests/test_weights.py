@@ -10,6 +10,7 @@ import pytest
 
 from livegen import weights
 from livegen.weights import WeightsError
+from tests.models.stable_audio.random_converted import broken_copy
 
 
 def _hub_repo(cache: Path, repo: str, files: dict[str, bytes], commit: str = "a" * 40) -> Path:
@@ -214,25 +215,6 @@ def tiny_converted(tmp_path_factory) -> Path:
     return write_random_converted(tmp_path_factory.mktemp("w") / "converted")
 
 
-def _break(src: Path, dst: Path, how: str) -> Path:
-    import shutil
-
-    shutil.copytree(src, dst)
-    if how == "truncated config.json":
-        text = (dst / "config.json").read_text()
-        (dst / "config.json").write_text(text[: len(text) // 2])
-    elif how == "config.json not JSON":
-        (dst / "config.json").write_text("model_type: diffusion_cond\n")
-    elif how == "no manifest.json":
-        (dst / "manifest.json").unlink()
-    elif how == "no t5":
-        shutil.rmtree(dst / "t5")
-    elif how == "truncated safetensors":
-        w = dst / "model.safetensors"
-        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-    return dst
-
-
 BROKEN_CASES = [
     ("truncated config.json", "config.json", "ends early at line"),
     ("config.json not JSON", "config.json", "is not valid JSON (Expecting value at line 1, column 1)"),
@@ -250,7 +232,7 @@ def test_broken_converted_stable_audio_is_named(tiny_converted, tmp_path, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("LIVEGEN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    broken = _break(tiny_converted, tmp_path / "model", how)
+    broken = broken_copy(tiny_converted, tmp_path / "model", how)
     for load in (StableAudioPipeline.from_pretrained, StableAudioPipeline.from_converted):
         with pytest.raises(WeightsError) as exc:
             load(str(broken))
@@ -270,7 +252,7 @@ def test_generate_cli_names_broken_converted(tiny_converted, tmp_path, monkeypat
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("LIVEGEN_CACHE", str(tmp_path / "cache"))
-    broken = _break(tiny_converted, tmp_path / "model", how)
+    broken = broken_copy(tiny_converted, tmp_path / "model", how)
     rc = main(["generate", "--model", str(broken), "--prompt", "x", "--seconds", "0.01", "--steps", "1",
                "--output", str(tmp_path / "o.wav")])
     err = capsys.readouterr().err.strip()

@@ -9,13 +9,13 @@ does not depend on the machine's sound devices.
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
 from pathlib import Path
 
 import pytest
 
 from livegen.cli import build_parser, main
+from tests.models.stable_audio.random_converted import broken_copy
 
 
 @pytest.fixture(scope="module")
@@ -113,23 +113,6 @@ def test_mapping_serve_refuses(env, tiny_converted, tmp_path, capsys):
     assert rc == 0 and any("akai-mpd218.yaml" in line for line in lines), lines
 
 
-def _broken_copy(src: Path, dst: Path, how: str) -> Path:
-    shutil.copytree(src, dst)
-    if how == "truncated safetensors":
-        weights = dst / "model.safetensors"
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    elif how == "truncated config.json":
-        text = (dst / "config.json").read_text()
-        (dst / "config.json").write_text(text[: len(text) // 2])
-    elif how == "config.json not JSON":
-        (dst / "config.json").write_text("model_type: diffusion_cond\n")
-    elif how == "no manifest.json":
-        (dst / "manifest.json").unlink()
-    elif how == "no t5":
-        shutil.rmtree(dst / "t5")
-    return dst
-
-
 BROKEN = [
     ("truncated safetensors", "model.safetensors is not a valid safetensors file (truncated: tensors need"),
     ("truncated config.json", "config.json ends early at line"),
@@ -141,7 +124,7 @@ BROKEN = [
 
 @pytest.mark.parametrize("how, message", BROKEN)
 def test_broken_weights_fail(env, tiny_converted, tmp_path, capsys, how, message):
-    model = _broken_copy(tiny_converted, tmp_path / "model", how)
+    model = broken_copy(tiny_converted, tmp_path / "model", how)
     rc, lines = _doctor(capsys, "--config", str(_settings(tmp_path, str(model))))
     (line,) = _fails(lines)
     assert rc == 1 and message in line and f"delete {model} and convert the model again" in line

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 
@@ -33,3 +34,26 @@ def write_random_converted(out: Path, sample_size: int | None = None) -> Path:
     (out / "t5" / "config.json").write_text(json.dumps({"model_type": "t5", **dataclasses.asdict(t5cfg)}))
     tok.save_pretrained(str(out / "t5"))
     return out
+
+
+BREAKAGES = ("truncated config.json", "config.json not JSON", "no manifest.json", "no t5", "truncated safetensors")
+
+
+def broken_copy(src: Path, dst: Path, how: str) -> Path:
+    """A copy of the converted folder ``src`` at ``dst`` damaged as ``how`` (one of BREAKAGES) says."""
+    shutil.copytree(src, dst)
+    if how == "truncated config.json":
+        text = (dst / "config.json").read_text()
+        (dst / "config.json").write_text(text[: len(text) // 2])
+    elif how == "config.json not JSON":
+        (dst / "config.json").write_text("model_type: diffusion_cond\n")
+    elif how == "no manifest.json":
+        (dst / "manifest.json").unlink()
+    elif how == "no t5":
+        shutil.rmtree(dst / "t5")
+    elif how == "truncated safetensors":
+        w = dst / "model.safetensors"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    else:
+        raise ValueError(f"unknown breakage {how!r}")
+    return dst
