@@ -6,7 +6,9 @@
   (the oldest is dropped), each expiring after :data:`livegen.limits.SUBSCRIPTION_SECONDS` unless
   renewed by subscribing again;
 - an ``origin`` is the string a request carries: ``osc:HOST:PORT`` for OSC, ``midi:...`` for MIDI
-  (no sender to answer: subscribers and the status port only).
+  (no sender to answer: subscribers and the status port only);
+- observers (:attr:`Replies.observers`, e.g. the browser control surface) see every reply
+  :meth:`Replies.send` routes, with its origin, whether or not OSC is enabled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = logging.getLogger("livegen.daemon")
 
 Target = tuple[str, int]
 SendFn = Callable[[Target, str, tuple], None]
+ObserverFn = Callable[[str | None, str, tuple], None]  # (origin, address, args)
 
 
 def parse_origin(origin: str | None) -> Target | None:
@@ -52,6 +55,7 @@ class Replies:
         self.subscribers: OrderedDict[Target, float] = OrderedDict()  # target -> expiry time
         # one warning line per origin per 10 s (a flood of bad messages must not flood the log)
         self._errors_log = RateLimitedLog(log, window=10.0)
+        self.observers: list[ObserverFn] = []  # see every reply send() routes; must not block
 
     # ---- subscriptions ------------------------------------------------------------------
     def subscribe(self, target: Target) -> None:
@@ -81,7 +85,12 @@ class Replies:
         return list(dict.fromkeys(out))
 
     def send(self, origin: str | None, address: str, *args: Any) -> None:
-        """To the origin's sender, the subscribers and the status port."""
+        """To the origin's sender, the subscribers and the status port (and every observer)."""
+        for observe in list(self.observers):
+            try:
+                observe(origin, address, args)
+            except Exception:  # noqa: BLE001 - an observer's bug must not stop the replies
+                log.warning("a reply observer failed on %s", address, exc_info=True)
         if self._send is None:
             return
         for target in self.targets(origin):

@@ -259,6 +259,15 @@ class PrerenderSettings:
 
 
 @dataclass
+class WebSettings:
+    enabled: bool = _f(True, doc="Serve the control surface in the browser (`livegen serve --no-web` turns it off).")
+    host: str = _f("127.0.0.1", check=_check_host,
+                   doc="Address to listen on; any other than loopback needs the token and osc.allow.")
+    port: int = _f(8765, min=1, max=65535, doc="TCP port of the control surface.")
+    token: str | None = _f(None, doc="Token a wider bind asks for; null: a new random one at every start.")
+
+
+@dataclass
 class Settings:
     models: dict[str, ModelSettings] = _f(factory=lambda: {"default": ModelSettings()},
                                           doc="Named models; requests pick one by name.")
@@ -270,6 +279,7 @@ class Settings:
     tempo: TempoSettings = _f(factory=TempoSettings, doc="Tempo.")
     engine: EngineSettings = _f(factory=EngineSettings, doc="Generation thread.")
     prerender: PrerenderSettings = _f(factory=PrerenderSettings, doc="Pre-rendering.")
+    web: WebSettings = _f(factory=WebSettings, doc="The control surface in the browser.")
     mappings: list[Path] = _f(factory=lambda: [DEFAULT_MAPPING], doc="Mapping files, applied in order; a bare name (launchpad) is a shipped mapping.")
     log_level: str = _f("info", choices=("debug", "info", "warning", "error"), doc="Log verbosity.")
 
