@@ -260,8 +260,7 @@ def test_generate_cli_names_broken_converted(tiny_converted, tmp_path, monkeypat
     assert "\n" not in err and "Traceback" not in err and "Error" not in err.split(":")[1]
 
 
-def test_broken_converted_musicgen_is_named(tmp_path, monkeypatch):
-    pytest.importorskip("transformers")
+def test_broken_converted_musicgen_is_named(tmp_path, monkeypatch, transformers_ref):
     from livegen.models.musicgen import MusicGenPipeline
     from livegen.models.musicgen.convert import convert
     from tests.models.musicgen.mg_fixtures import make_tiny_musicgen
