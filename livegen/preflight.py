@@ -55,7 +55,7 @@ def check_mapping(mapper: Mapper, settings: Any, limits: Limits) -> Findings:
         if value is None or key in ("prompt", "bpm", "beats_per_bar"):
             continue
         try:
-            session._checked(key, value)
+            session.checked_value(key, value)
         except RequestError as exc:
             found.errors.append(f"{mapper.param_where.get(key, 'params')}: parameter {key!r}: {exc}")
     bpm, bpb = session.bpm, session.beats_per_bar

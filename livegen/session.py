@@ -320,7 +320,7 @@ class Session:
     def set_param(self, name: str, value: Any, origin: str | None) -> list[Outcome]:
         """Check ``value`` for ``name`` against the limits in force, apply it, echo it."""
         try:
-            value = self._checked(name, value)
+            value = self.checked_value(name, value)
         except (RequestError, OscArgError) as exc:
             return [Refuse(str(exc))]
         if name == "bank":
@@ -339,7 +339,7 @@ class Session:
             out.append(TempoChanged(self.bpm, self.beats_per_bar))
         return out
 
-    def _checked(self, name: str, value: Any) -> Any:
+    def checked_value(self, name: str, value: Any) -> Any:
         """The value to store for ``name`` (None restores the default), or raise with a sentence."""
         types = self.mapper.param_types
         if name == "bank":
