@@ -146,7 +146,8 @@ class Daemon:
 
 def write_settings(path: Path, model: dict, port: int, status_port: int, folder: Path | None,
                    mapping: Path, audio: bool = True, midi: bool = True, midi_port: str = MIDI_PORT,
-                   prerender: bool = False, musicgen: bool = False) -> None:
+                   prerender: bool = False, musicgen: bool = False, finish_running_on_shutdown: bool = False,
+                   midi_connect: list[str] | None = None) -> None:
     lines = [
         "models:",
         "  default:",
@@ -164,11 +165,13 @@ def write_settings(path: Path, model: dict, port: int, status_port: int, folder:
         f"  enabled: {'true' if midi else 'false'}",
         f"  port_name: {midi_port}",
         "  api: jack",
+        *([f"  connect: [{', '.join(midi_connect)}]"] if midi_connect else []),
         "audio:",
         f"  enabled: {'true' if audio else 'false'}",
         "engine:",
         "  warmup_seconds: [0.1]",
         "  max_seconds: 0.5",
+        *(["  finish_running_on_shutdown: true"] if finish_running_on_shutdown else []),
         f"mappings: [{mapping}]",
     ]
     if folder is not None:
@@ -180,7 +183,8 @@ def write_settings(path: Path, model: dict, port: int, status_port: int, folder:
 
 def start_daemon(tmp: Path, model: dict, audio: bool = True, midi: bool = True,
                  folder: bool = True, midi_port: str = MIDI_PORT, prerender: bool = False,
-                 musicgen: bool = False, mapping_text: str = MAPPING) -> Daemon:
+                 musicgen: bool = False, mapping_text: str = MAPPING, finish_running_on_shutdown: bool = False,
+                 midi_connect: list[str] | None = None) -> Daemon:
     tmp.mkdir(parents=True, exist_ok=True)
     daw = tmp / "daw"
     daw.mkdir(exist_ok=True)
@@ -190,7 +194,7 @@ def start_daemon(tmp: Path, model: dict, audio: bool = True, midi: bool = True,
     port = free_port()
     config = tmp / "livegen.yaml"
     write_settings(config, model, port, status.port, daw if folder else None, mapping, audio, midi, midi_port,
-                   prerender, musicgen)
+                   prerender, musicgen, finish_running_on_shutdown, midi_connect)
     env = dict(os.environ, JACK_NO_START_SERVER="1", PYTHONUNBUFFERED="1",
                LIVEGEN_CACHE=str(model["cache"]), PYTHONPATH=str(REPO))
     log = tmp / "daemon.log"
