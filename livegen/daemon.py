@@ -257,6 +257,7 @@ class Daemon:
             fade_seconds=s.audio.fade_ms / 1000.0,
             default_model=s.default_model,
             model_kwargs=engine_defaults(s),
+            levels=s.levels,
         )
         self.worker = wk.Worker(self.loaders, options, self._on_worker, asyncio.get_running_loop())
         self.worker.start()

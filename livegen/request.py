@@ -10,11 +10,14 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from livegen import limits, tempo
+
+if TYPE_CHECKING:
+    from livegen.output.loudness import Levels
 
 OUTPUTS = ("play", "folder")
 LAUNCHES = ("now", "beat", "bar")
@@ -148,6 +151,7 @@ class Clip:
     job_id: int
     created: float = field(default_factory=time.time)
     render_seconds: float = 0.0
+    levels: Levels | None = None  # loudness normalisation applied (None: off)
 
     @property
     def channels(self) -> int:

@@ -236,6 +236,21 @@ class FolderSettings:
 class TempoSettings:
     bpm: float = _f(120.0, min=20.0, max=400.0, doc="Tempo for bars and launch quantisation.")
     beats_per_bar: int = _f(4, min=1, max=32, doc="Beats in a bar.")
+    source: str = _f("internal", choices=("internal", "midi_clock"),
+                     doc="Where the tempo comes from: internal (settings, OSC, mappings) or midi_clock (follow "
+                         "the MIDI clock, its Start/Continue/Stop and Song Position).")
+    clock_timeout: float = _f(0.5, min=0.05, max=10.0,
+                              doc="MIDI clock: seconds without a tick (while the host plays) before it counts as lost.")
+
+
+@dataclass
+class LevelsSettings:
+    normalize: bool = _f(True, doc="Normalise every clip's loudness (ITU-R BS.1770) before it is cut and faded.")
+    target_lufs: float = _f(-14.0, min=-70.0, max=0.0, doc="Integrated loudness each clip is brought to (LUFS).")
+    true_peak_dbtp: float = _f(-1.0, min=-30.0, max=0.0, doc="True-peak ceiling of a clip (dBTP, 4x oversampled).")
+    max_gain_db: float = _f(30.0, min=0.0, max=80.0, doc="The most a quiet clip is boosted (a noise floor stays down).")
+    max_limit_db: float = _f(6.0, min=0.0, max=40.0,
+                             doc="Deepest peak reduction of the clip limiter; 0: a plain gain under the ceiling.")
 
 
 @dataclass
@@ -277,6 +292,7 @@ class Settings:
     audio: AudioSettings = _f(factory=AudioSettings, doc="Audio output.")
     folder: FolderSettings = _f(factory=FolderSettings, doc="Writing clips into a folder.")
     tempo: TempoSettings = _f(factory=TempoSettings, doc="Tempo.")
+    levels: LevelsSettings = _f(factory=LevelsSettings, doc="Clip loudness and peaks.")
     engine: EngineSettings = _f(factory=EngineSettings, doc="Generation thread.")
     prerender: PrerenderSettings = _f(factory=PrerenderSettings, doc="Pre-rendering.")
     web: WebSettings = _f(factory=WebSettings, doc="The control surface in the browser.")

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from livegen.errors import Cancelled
+from livegen.output.loudness import normalize
 from livegen.request import Clip, Request
 from livegen.tempo import fit_to_length
 
@@ -87,6 +88,7 @@ class WorkerOptions:
     default_model: str | None = None  # used for Request.model == "default"; else the first loaded
     # per-model keyword arguments for ``generate`` besides the request's (e.g. MusicGen's top_k)
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    levels: Any = None  # a LevelsSettings (livegen.settings); None or normalize false: clips as rendered
 
 
 def generate_kwargs(engine: Any, request: Request, seconds: float,
@@ -421,11 +423,19 @@ class Worker:
             audio = np.ascontiguousarray(np.asarray(audio, dtype=np.float32))
             if audio.ndim == 1:
                 audio = audio[None, :]
+            levels = None
+            lv = self._options.levels
+            if lv is not None and lv.normalize:  # on the raw render, before the cut and the fades
+                audio, levels = normalize(audio, sr, lv.target_lufs, lv.true_peak_dbtp, lv.max_gain_db,
+                                          lv.max_limit_db)
+                if levels.non_finite:
+                    log.warning("job %d: the model produced %d non-finite samples (set to 0)", job.id,
+                                levels.non_finite)
             if audio.shape[1] != target or request.loop:
                 audio = fit_to_length(audio, target, fade, loop=request.loop)
             render = time.monotonic() - t0
             clip = Clip(request=request, audio=audio, sample_rate=sr, seed=int(seed), model=model,
-                        job_id=job.id, created=time.time(), render_seconds=render)
+                        job_id=job.id, created=time.time(), render_seconds=render, levels=levels)
         except Cancelled as exc:
             job.state = CANCELLED
             self._count("cancelled")

@@ -451,6 +451,7 @@ class FolderWriter:
             "slot": f["slot"],
             "job_id": clip.job_id,
             "render_seconds": round(float(clip.render_seconds), 3),
+            "levels": clip.levels.as_dict() if clip.levels is not None else None,
             "created": created.isoformat(timespec="milliseconds"),
             "livegen_version": livegen.__version__,
         }

@@ -12,6 +12,7 @@ so a JACK server must already be running by then).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,6 +48,8 @@ class Player:
         self._first_underflow_frame = -1
         self._status_flags = 0
         self._stream: Any = None
+        self._latency = 0.0  # the stream's output latency (seconds), once it runs
+        self._clock: tuple[float, int] | None = None  # (time.monotonic(), frame) at the last callback
         self._lock = threading.Lock()  # serialises control-thread calls, never taken by the callback
 
     # ------------------------------------------------------------------ lifecycle
@@ -67,6 +70,10 @@ class Player:
             callback=self.callback,
         )
         stream.start()
+        try:
+            self._latency = float(stream.latency)
+        except (TypeError, ValueError):
+            self._latency = 0.0
         self._stream = stream
 
     def close(self) -> None:
@@ -98,6 +105,7 @@ class Player:
                     self._first_underflow_frame = self._frame
                 self._last_underflow_frame = self._frame
             self._status_flags += 1
+        self._clock = (time.monotonic(), self._frame)  # one assignment: read whole by other threads
         self.mixer.mix(outdata, self._frame)
         self._frame += frames
         self._callbacks += 1
@@ -174,6 +182,27 @@ class Player:
             if beats_per_bar is not None:
                 self._beats_per_bar = int(beats_per_bar)
 
+    def frame_at(self, t: float) -> int:
+        """The stream frame that is heard at monotonic time ``t``: from the last callback's time
+        and frame, the stream's output latency and the nominal rate (approximate to about one
+        block until the real-time core stamps the stream clock sample-accurately)."""
+        clock = self._clock
+        if clock is None:
+            return self._frame
+        t0, f0 = clock
+        return int(f0 + round((t - t0 - self._latency) * self.sample_rate))
+
+    def anchor_bar(self, frame: int) -> None:
+        """Re-anchor the bar grid: a bar line falls on ``frame`` (and every bar before and after
+        it at the current tempo). Launches decided after this use the new grid."""
+        with self._lock:
+            self._origin = int(frame)
+
+    @property
+    def origin(self) -> int:
+        """A frame where a bar line of the current grid falls."""
+        return self._origin
+
     def stats(self) -> dict[str, Any]:
         return {
             "callbacks": self._callbacks,
@@ -185,6 +214,8 @@ class Player:
             "status_flags": self._status_flags,
             "voices_active": self.mixer.voices_active,
             "voices_stolen": self.mixer.stolen,
+            "clipped_blocks": self.mixer.clipped_blocks,
+            "non_finite_blocks": self.mixer.non_finite_blocks,
             "slots_playing": self.mixer.slots_playing(),
             "bpm": self._bpm,
             "running": self.running,

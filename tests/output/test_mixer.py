@@ -1,3 +1,5 @@
+# Values beyond full scale keep the sample arithmetic readable: those mixers run without the master
+# safety (ceiling=None); tests/output/test_master_safety.py tests the safety itself.
 import tracemalloc
 
 import numpy as np
@@ -17,7 +19,7 @@ def run(m, frames, block=16, start=0):
 
 
 def test_one_shot_starts_at_its_frame_and_ends():
-    m = Mixer(2, 4, fade_samples=4)
+    m = Mixer(2, 4, fade_samples=4, ceiling=None)
     clip = np.stack([np.arange(1, 21), -np.arange(1, 21)]).astype(np.float32)
     m.schedule(0, m.prepare(clip), start_frame=10, gain=0.5)
     y = run(m, 64)
@@ -29,7 +31,7 @@ def test_one_shot_starts_at_its_frame_and_ends():
 
 
 def test_loop_wraps_exactly():
-    m = Mixer(1, 2, fade_samples=2)
+    m = Mixer(1, 2, fade_samples=2, ceiling=None)
     clip = np.arange(1, 8, dtype=np.float32)[None]
     m.schedule(3, m.prepare(clip), start_frame=5, loop=True)
     y = run(m, 80)[:, 0]
@@ -53,7 +55,7 @@ def test_stop_fades_out_smoothly_and_frees_the_voice():
 
 
 def test_choke_crossfades_old_and_new_in_the_same_slot():
-    m = Mixer(1, 4, fade_samples=8)
+    m = Mixer(1, 4, fade_samples=8, ceiling=None)
     m.schedule(1, m.prepare(np.ones((1, 1000), np.float32)), 0, loop=True)
     run(m, 32)
     m.schedule(1, m.prepare(np.full((1, 1000), 2.0, np.float32)), start_frame=48)
@@ -70,7 +72,7 @@ def test_choke_crossfades_old_and_new_in_the_same_slot():
 
 
 def test_late_start_plays_from_the_beginning_and_pending_clip_is_replaced():
-    m = Mixer(1, 4, fade_samples=4)
+    m = Mixer(1, 4, fade_samples=4, ceiling=None)
     run(m, 64)
     m.schedule(0, m.prepare(np.arange(1, 5, dtype=np.float32)[None]), start_frame=10)  # in the past
     y = run(m, 16, start=64)[:, 0]
@@ -82,7 +84,7 @@ def test_late_start_plays_from_the_beginning_and_pending_clip_is_replaced():
 
 
 def test_stop_all_and_voice_stealing():
-    m = Mixer(1, 2, fade_samples=2)
+    m = Mixer(1, 2, fade_samples=2, ceiling=None)
     for s in range(3):
         m.schedule(s, m.prepare(np.ones((1, 100), np.float32)), 0, loop=True)
     y = run(m, 16)
@@ -104,7 +106,7 @@ def test_channel_adaptation():
 
 
 def test_streaming_voice_reads_a_ring():
-    m = Mixer(2, 2, fade_samples=2)
+    m = Mixer(2, 2, fade_samples=2, ceiling=None)
     ring = RingBuffer(2, 64)
     m.stream(4, ring, start_frame=0, gain=2.0)
     ring.write(np.ones((2, 20), np.float32))
