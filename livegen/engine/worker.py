@@ -283,7 +283,8 @@ class Worker:
         with self._cond:
             running = self._running.id if self._running is not None else None
             queued = len(self._queued)
-        return {"queued": queued, "running": running, "ready": self._ready, **self.counts,
+        return {"queued": queued, "queue_size": self._options.queue_size, "running": running,
+                "ready": self._ready, **self.counts,
                 "last_render_seconds": self.last_render_seconds}
 
     def close(self, finish_running: bool | None = None, timeout: float = 1.5) -> bool:
