@@ -135,6 +135,7 @@ class Daemon:
         self._t0 = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.watchdog: watchdog.Watchdog | None = None
+        self.web: Any = None  # the browser control surface (livegen.control.web), when it listens
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -228,6 +229,15 @@ class Daemon:
             self.replies._send = lambda target, address, args: self.osc.send(target, address, *args)
             self._stage("osc", t, f"listening on {host}:{port}")
 
+        if s.web.enabled:  # early: the page shows the loading too
+            t = time.monotonic()
+            from livegen.control.web import WebSurface
+
+            web = WebSurface(self)
+            if await web.start() is not None:
+                self.web = web
+                self._stage("web", t, web.url)
+
         if s.audio.enabled:  # the device is checked now; the stream opens after the models load
             t = time.monotonic()
             check_audio_device(s)
@@ -320,6 +330,8 @@ class Daemon:
             task.cancel()
         if self.osc is not None:
             self.osc.close()
+        if self.web is not None:
+            await self.web.close()
         if self.midi is not None:
             self.midi.close()
         if self.worker is not None:
@@ -448,6 +460,10 @@ class Daemon:
             origin = f"midi:{event.type}"
             self._carry_out(self.session.midi(event, origin), origin)
 
+    def perform(self, outcomes: list[Outcome], origin: str) -> None:
+        """Carry out a session's outcomes for another input (the browser surface)."""
+        self._carry_out(outcomes, origin)
+
     def _carry_out(self, outcomes: list[Outcome], origin: str) -> None:
         for outcome in outcomes:
             try:
@@ -565,6 +581,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ worker events
     def _on_worker(self, event: wk.WorkerEvent) -> None:
+        if self.web is not None:
+            self.web.on_worker(event)
         kind = event.kind
         origin = event.request.origin if event.request is not None else None
         if origin == "prerender" and event.job_id in self.prerender_jobs:

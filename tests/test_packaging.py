@@ -123,3 +123,12 @@ def test_wheel_installs_the_shipped_mappings(wheel, tmp_path):
     assert out[0] == str(target / "livegen" / "mappings")
     assert out[1] == "True"
     assert out[2].split(",") == [Path(n).stem for n in shipped]
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_web_surface(wheel):
+    static = sorted(p.name for p in (ROOT / "livegen" / "control" / "web_static").iterdir())
+    assert {"index.html", "app.js", "style.css"} <= set(static)
+    with zipfile.ZipFile(wheel) as z:
+        names = [n for n in z.namelist() if n.startswith("livegen/control/web_static/")]
+    assert sorted(n.split("/")[-1] for n in names) == static

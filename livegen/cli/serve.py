@@ -1,4 +1,4 @@
-"""`livegen serve [--config F] [--mapping F ...] [--model X] [--dry-run]`: run the daemon."""
+"""`livegen serve [--config F] [--mapping F ...] [--model X] [--dry-run] [--no-web]`: run the daemon."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a model name from the settings, or a checkpoint folder / repo id "
                                    "for the default model")
     p.add_argument("--dry-run", action="store_true", help="validate settings and mappings, then exit")
+    p.add_argument("--no-web", action="store_true",
+                   help="do not serve the control surface in the browser (settings: web.enabled)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="overrides the settings' log_level")
     p.set_defaults(func=run)
@@ -58,6 +60,8 @@ def load(args: argparse.Namespace):  # noqa: ANN201 - returns livegen.settings.S
             settings = dataclasses.replace(settings, models={name: dataclasses.replace(base, path=args.model)})
     if args.log_level:
         settings = dataclasses.replace(settings, log_level=args.log_level)
+    if getattr(args, "no_web", False):
+        settings = dataclasses.replace(settings, web=dataclasses.replace(settings.web, enabled=False))
     return settings
 
 
@@ -89,6 +93,7 @@ def dry_run(settings) -> int:  # noqa: ANN001
     print(f"osc: {settings.osc.host}:{settings.osc.port}" if settings.osc.enabled else "osc: off")
     print(f"midi: {'virtual port ' + settings.midi.port_name if settings.midi.virtual else 'no virtual port'}"
           if settings.midi.enabled else "midi: off")
+    print(f"web: {settings.web.host}:{settings.web.port}" if settings.web.enabled else "web: off")
     for p in problems:
         print(p, file=sys.stderr)
     print("dry run: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
