@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a model name from the settings, or a checkpoint folder / repo id, as for serve")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="as for serve (debug also shows tracebacks of crashing checks)")
+    p.add_argument("--no-web", action="store_true", help="as for serve (no control surface in the browser)")
     p.set_defaults(func=run)
 
 

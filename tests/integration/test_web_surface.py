@@ -158,6 +158,7 @@ def test_pad_click_shows_queued_rendering_playing_and_the_clip(page, web_daemon)
     expect(page.locator("#pad-0")).to_have_attribute("data-state", "playing", timeout=20_000)
     seen = page.evaluate("window.seenStates")
     assert is_subsequence(["idle", "queued", "rendering", "playing"], seen), seen
+    page.screenshot(path=str(Path(web_daemon.folder).parent / "surface.png"))  # docs/web-surface.png is one
     name = Path(done.params[1]).name
     clip = page.locator("#clips li").first
     expect(clip.locator(".name")).to_contain_text(name)
@@ -177,7 +178,6 @@ def test_pad_click_shows_queued_rendering_playing_and_the_clip(page, web_daemon)
     long_press(page, "#pad-0")  # a long press stops the looping pad
     expect(page.locator("#pad-0")).to_have_attribute("data-state", "idle", timeout=10_000)
     web_daemon.status.wait("/livegen/ack", mark, timeout=10, where=lambda p: p[1] == "stopped slot 0")
-    page.screenshot(path=str(Path(web_daemon.folder).parent / "surface.png"), full_page=True)
 
 
 def test_a_cc_over_jack_midi_moves_the_slider(page, web_daemon):
