@@ -277,6 +277,9 @@ WS_HEADERS = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Ve
 def test_foreign_host_and_origin_are_refused(web_daemon, browser):
     port = web_daemon.web_port
     host = f"127.0.0.1:{port}"
+    log = web_daemon.log_text()  # the URL is logged and printed once at start-up
+    assert f"livegen.web: control surface at http://{host}/" in log
+    assert f"livegen control surface: http://{host}/" in log.splitlines()
     assert get(port, "/", {"Host": host})[0] == 200
     status, text = get(port, "/", {"Host": f"rebound.example:{port}"})  # DNS rebinding
     assert status == 403 and "is not this daemon's address" in text
