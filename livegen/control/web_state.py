@@ -184,11 +184,7 @@ class SurfaceState:
             request: Request = self.daemon.session.build_request({**spec, "seed": None}, "prerender")
         except RequestError:
             return 0
-        from livegen.output.prerender import variation_key
-
-        vk = variation_key(request, cache.default_bpm)
-        with cache._lock:  # the cache has no public count per pad yet
-            return cache._count(vk)
+        return cache.ready(request)
 
     def pad_views(self) -> list[dict[str, Any]]:
         d = self.daemon

@@ -166,6 +166,11 @@ class PrerenderCache:
                 self._mem_bytes -= old.nbytes
                 self._spill(old)
 
+    def ready(self, request: Request) -> int:
+        """How many variations of ``request`` (any seed) are ready."""
+        with self._lock:
+            return self._count(variation_key(request, self.default_bpm))
+
     def __contains__(self, request: Request) -> bool:
         key = cache_key(request, self.default_bpm)
         with self._lock:
