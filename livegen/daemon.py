@@ -41,11 +41,13 @@ from livegen.request import Request
 from livegen.session import (
     Answer,
     CancelJob,
+    ClockNotice,
     Echo,
     Outcome,
     PlaySlot,
     Query,
     Queue,
+    Reanchor,
     Refuse,
     Session,
     StopSlot,
@@ -211,6 +213,7 @@ class Daemon:
         self.session = Session(s, mapper, caps)
         self._remember_mtimes()
         self._stage("mappings", t, ", ".join(str(p) for p in s.mappings))
+        log.info("tempo source: %s", self.session.tempo_source.value)
 
         if s.folder.path is not None:
             t = time.monotonic()
@@ -299,6 +302,7 @@ class Daemon:
         log.info("ready in %.2f s", self.ready_at - self._t0)
         self.replies.push(verbs.READY)
         self._tasks.append(asyncio.ensure_future(self._watch_mappings()))
+        self._tasks.append(asyncio.ensure_future(self._watch_clock()))
         if s.prerender.enabled:
             from livegen.output.prerender import PrerenderCache
 
@@ -362,6 +366,7 @@ class Daemon:
             "underflows": underflows,
             "underflows_after_start": late,
             "bpm": session.bpm if session is not None else float(self.settings.tempo.bpm),
+            "tempo": session.tempo_status() if session is not None else {"source": self.settings.tempo.source},
             "bank": session.state.bank if session is not None else 0,
             "clips_played": self.delivery.clips_played,
             "files_written": self.delivery.files_written,
@@ -429,7 +434,10 @@ class Daemon:
         for w in found.warnings:
             log.warning("mapping: %s", w)
         before = dict(self.session.state.params)
+        source = self.session.tempo_source
         self.session.reload(mapper)
+        if self.session.tempo_source != source:
+            log.info("tempo source: %s (was %s; the mapping changed)", self.session.tempo_source.value, source.value)
         changed = [k for k, v in self.session.state.params.items() if before.get(k) != v]
         log.info("mappings reloaded: %s%s", ", ".join(str(p) for p in self.settings.mappings),
                  f" (changed: {', '.join(changed)})" if changed else "")
@@ -442,6 +450,20 @@ class Daemon:
         return True
 
     # ------------------------------------------------------------------ inputs
+    async def _watch_clock(self) -> None:
+        """Report a followed MIDI clock that stops arriving (and its return: on the next tick)."""
+        while True:
+            await asyncio.sleep(0.1)
+            self._carry_out(self.session.clock_check(time.monotonic()), "midi:clock")
+
+    def _reanchor(self, r: Reanchor) -> None:
+        """Put the bar grid's lines where the followed clock's song position says they are."""
+        if self.player is None:
+            return
+        frame = self.player.frame_at(r.time)
+        beat = 60.0 * self.player.sample_rate / r.bpm
+        self.player.anchor_bar(frame - int(round((r.beats % r.beats_per_bar) * beat)))
+
     def _on_midi_change(self, sentence: str) -> None:
         """A named MIDI connection went away or came back: tell the subscribers."""
         self.replies.push(verbs.ACK, 0, sentence)
@@ -482,6 +504,15 @@ class Daemon:
             r.echo(origin, outcome.param, outcome.values)
         elif isinstance(outcome, Answer):  # also to subscribers: Max/Pd/TouchDesigner listen on another port
             r.send(origin, verbs.GET, outcome.param, *outcome.values)
+        elif isinstance(outcome, Reanchor):
+            self._reanchor(outcome)
+        elif isinstance(outcome, ClockNotice):
+            if outcome.lost:  # /livegen/error s:sentence to the subscribers and the status port
+                log.warning("%s", outcome.sentence)
+                r.push(verbs.ERROR, outcome.sentence)
+            else:
+                log.info("%s", outcome.sentence)
+                r.push(verbs.ACK, 0, outcome.sentence)
         elif isinstance(outcome, TempoChanged):
             if self.player is not None:
                 self.player.set_bpm(outcome.bpm, outcome.beats_per_bar)

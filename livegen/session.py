@@ -20,6 +20,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections import OrderedDict
@@ -48,6 +49,7 @@ from livegen.mapping import (
     apply,
 )
 from livegen.request import LAUNCHES, Request, RequestError, check_duration, unknown_sampler
+from livegen.tempo_clock import Anchor, ClockBack, ClockEvent, ClockLost, MidiClock, TempoUpdate
 
 log = logging.getLogger("livegen.session")
 
@@ -112,7 +114,36 @@ class TempoChanged:
     beats_per_bar: int
 
 
-Outcome = Queue | PlaySlot | StopSlot | CancelJob | Echo | Answer | Refuse | Query | TempoChanged
+@dataclass(frozen=True)
+class Reanchor:
+    """The followed MIDI clock says song position ``beats`` was heard at monotonic ``time``: put
+    the bar grid's lines where that position says (the daemon maps the time to a stream frame)."""
+
+    time: float
+    beats: float
+    beats_per_bar: int
+    bpm: float
+
+
+@dataclass(frozen=True)
+class ClockNotice:
+    """The followed MIDI clock was lost (``lost``) or came back: log it and tell the subscribers."""
+
+    sentence: str
+    lost: bool
+
+
+Outcome = (Queue | PlaySlot | StopSlot | CancelJob | Echo | Answer | Refuse | Query | TempoChanged | Reanchor
+           | ClockNotice)
+
+CLOCK_MESSAGES = ("clock", "start", "continue", "stop", "songpos")
+
+
+class TempoSource(str, enum.Enum):
+    """Where the tempo in force comes from (``tempo.source``; Ableton Link is not one yet)."""
+
+    INTERNAL = "internal"
+    MIDI_CLOCK = "midi_clock"
 
 
 class Session:
@@ -127,6 +158,7 @@ class Session:
         self.touched: set[str] = set()  # parameters a performer set since the last load
         self.slot_requests: OrderedDict[int, Request] = OrderedDict()
         self.last_request: Request | None = None
+        self.clock = MidiClock(timeout=float(getattr(settings.tempo, "clock_timeout", 0.5)))
 
     # ------------------------------------------------------------------ capabilities
     def set_caps(self, caps: dict[str, ModelCaps]) -> None:
@@ -162,7 +194,55 @@ class Session:
         return self.command(command, origin)
 
     def midi(self, event: MidiEvent, origin: str | None = None) -> list[Outcome]:
-        return self.perform(self.mapper.handle(event, self.state), origin or f"midi:{event.type}")
+        origin = origin or f"midi:{event.type}"
+        out: list[Outcome] = []
+        if event.type in CLOCK_MESSAGES and self.tempo_source == TempoSource.MIDI_CLOCK:
+            out.extend(self._clock_outcomes(self._feed_clock(event), origin))
+        return out + self.perform(self.mapper.handle(event, self.state), origin)
+
+    # ------------------------------------------------------------------ the MIDI clock
+    @property
+    def tempo_source(self) -> TempoSource:
+        """``midi_clock`` when the settings (``tempo.source``) or a mapping's ``tempo`` rule say
+        so, else ``internal``."""
+        if getattr(self.settings.tempo, "source", "internal") == TempoSource.MIDI_CLOCK or self.mapper.follows_clock:
+            return TempoSource.MIDI_CLOCK
+        return TempoSource.INTERNAL
+
+    def _feed_clock(self, event: MidiEvent) -> list[ClockEvent]:
+        c = self.clock
+        if event.type == "clock":
+            return c.tick(event.time) if event.time is not None else []
+        if event.type == "start":
+            return c.start(event.time)
+        if event.type == "continue":
+            return c.continue_(event.time)
+        if event.type == "stop":
+            return c.stop(event.time)
+        return c.song_position(int(event.value or 0), event.time)
+
+    def clock_check(self, now: float) -> list[Outcome]:
+        """Poll the followed clock for loss (the daemon calls this a few times a second)."""
+        if self.tempo_source != TempoSource.MIDI_CLOCK:
+            return []
+        return self._clock_outcomes(self.clock.check(now), "midi:clock")
+
+    def _clock_outcomes(self, events: list[ClockEvent], origin: str) -> list[Outcome]:
+        out: list[Outcome] = []
+        for e in events:
+            if isinstance(e, TempoUpdate):
+                if abs(e.bpm - self.bpm) >= 0.005:
+                    out.extend(self.set_param("bpm", e.bpm, origin))
+            elif isinstance(e, Anchor):
+                out.append(Reanchor(e.time, e.beats, self.beats_per_bar, self.bpm))
+            elif isinstance(e, (ClockLost, ClockBack)):
+                out.append(ClockNotice(e.sentence, isinstance(e, ClockLost)))
+        return out
+
+    def tempo_status(self) -> dict[str, Any]:
+        """``tempo`` in the status JSON: the source in force, the tempo, the clock's state."""
+        return {"source": self.tempo_source.value, "bpm": self.bpm, "beats_per_bar": self.beats_per_bar,
+                "clock": self.clock.stats()}
 
     def command(self, cmd: Command, origin: str) -> list[Outcome]:
         v = cmd.values

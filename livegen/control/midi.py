@@ -116,17 +116,19 @@ def choose_api(
     raise MidiUnavailable(f"python-rtmidi has none of {', '.join(candidates)} compiled in")
 
 
-FORWARDED = ("note_on", "note_off", "control_change", "program_change", "clock", "start", "stop")
+FORWARDED = ("note_on", "note_off", "control_change", "program_change", "clock", "start", "stop", "continue")
 
 
 def to_event(msg: Any, event_type: Callable[..., Any], time: float | None = None) -> Any | None:
     """A mido message as a mapper ``MidiEvent`` (``event_type.from_mido``); None when not mapped.
 
-    ``continue`` counts as ``start``; channels stay 0-15 as mido gives them.
+    ``continue`` stays ``continue`` (the mapper's rules on ``start`` hear it too; the clock
+    follower resumes from the song position instead of restarting), Song Position Pointer is
+    ``songpos`` with the position in sixteenths as ``value``; channels stay 0-15 as mido gives them.
     """
     kind = msg.type
-    if kind == "continue":
-        return event_type(type="start", time=time)
+    if kind == "songpos":
+        return event_type(type="songpos", value=int(msg.pos), time=time)
     if kind not in FORWARDED:
         return None
     return event_type.from_mido(msg, time=time)

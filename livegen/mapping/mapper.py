@@ -60,6 +60,12 @@ class Mapper:
         self.names = names
         self.param_where: dict[str, str] = {}  # parameter -> "file:line" of its value in the files
 
+    @property
+    def follows_clock(self) -> bool:
+        """A ``tempo`` rule asks the session to follow the MIDI clock (as ``tempo.source:
+        midi_clock`` does): :mod:`livegen.tempo_clock` measures it, not the mapper."""
+        return any(rule.action == "tempo" for rule in self.rules)
+
     @classmethod
     def from_spec(cls, spec: MappingSpec) -> Mapper:
         mapper = cls(spec.rules, spec.banks, spec.params, spec.param_types, spec.names)
@@ -99,8 +105,9 @@ class Mapper:
             out.append(KnobMoved(ev.channel, ev.control, ev.value))
         if ev.type == "clock" and ev.time is not None:
             out.append(ClockTick(ev.time))
+        kind = "start" if ev.type == "continue" else ev.type  # a rule on start also hears Continue
         for rule in self.rules:
-            if rule.event != ev.type:
+            if rule.event != kind:
                 continue
             if rule.channels is not None and ev.channel not in rule.channels:
                 continue
@@ -303,19 +310,11 @@ class Mapper:
         return float(y)
 
     def _tempo(self, state: State, ev: MidiEvent | OscEvent) -> list[Action]:
-        if not isinstance(ev, MidiEvent) or ev.time is None:
-            return []
-        times = state.clock_times + [ev.time]
-        ticks = state.clock_ticks + 1
-        if ticks % 24 != 0 or len(times) < 25:
-            return []
-        span = times[-1] - times[-25]
-        if span <= 0:
-            return []
-        bpm = round(60.0 / span, 1)  # 24 ticks per beat: the span is one beat
-        if not 20.0 <= bpm <= 400.0 or abs(bpm - float(state.params.get("bpm") or 0)) < 0.05:
-            return []
-        return [SetParam("bpm", bpm)]
+        """No action of its own: the rule makes the session follow the clock (:attr:`follows_clock`;
+        a regression over the last beats with a hysteresis, Start/Song Position re-anchoring the
+        grid: :class:`livegen.tempo_clock.MidiClock`). The one-beat span this rule measured before
+        flipped by 0.1 bpm on a steady clock, and every flip re-pivoted the grid."""
+        return []
 
     # --------------------------------------------------------------------------- pre-rendering
     def fixed_specs(self, state: State) -> list[dict[str, Any]]:

@@ -37,7 +37,8 @@ def test_messages_become_mapper_events():
     ev = to_event(mido.Message("program_change", channel=0, program=5), MidiEvent)
     assert (ev.type, ev.program) == ("program_change", 5)
     assert to_event(mido.Message("clock"), MidiEvent, 2.0) == MidiEvent("clock", time=2.0)
-    assert to_event(mido.Message("continue"), MidiEvent).type == "start"
+    assert to_event(mido.Message("continue"), MidiEvent, 3.0) == MidiEvent("continue", time=3.0)
+    assert to_event(mido.Message("songpos", pos=66), MidiEvent, 4.0) == MidiEvent("songpos", value=66, time=4.0)
     assert to_event(mido.Message("pitchwheel", pitch=100), MidiEvent) is None
     assert to_event(mido.Message("sysex", data=[1, 2]), MidiEvent) is None
 
