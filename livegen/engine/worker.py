@@ -31,6 +31,7 @@ import numpy as np
 
 from livegen.errors import Cancelled
 from livegen.output.loudness import normalize
+from livegen.output.loudness import preload as preload_levels
 from livegen.request import Clip, Request
 from livegen.tempo import fit_to_length
 
@@ -371,6 +372,8 @@ class Worker:
         threads_note = f", {threads} BLAS threads" if threads else ""
         self._emit(WorkerEvent(DEVICE, reason=f"{info.describe()}; fp32 GEMM {gflops:.0f} GFLOP/s{threads_note}",
                                seconds=time.monotonic() - start_all))
+        if self._options.levels is not None and self._options.levels.normalize:
+            preload_levels()  # now, not with the first clip while the stream plays (imports hold the GIL)
         for name, loader in self._loaders.items():
             if self._stopping:
                 return

@@ -63,6 +63,19 @@ class Levels:
                 for k, v in asdict(self).items()}
 
 
+def preload() -> None:
+    """Import what :func:`normalize` uses and run it once on a short test signal. Called by the
+    generation thread while the models load: the first import of scipy and pyloudnorm takes a
+    few hundred milliseconds under the GIL, which would starve the audio callback if it happened
+    with the first clip while the stream plays."""
+    import pyloudnorm  # noqa: F401
+    import scipy.ndimage  # noqa: F401
+    import soxr  # noqa: F401
+
+    t = np.arange(22050) / 44100.0
+    normalize(np.stack([np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32), 44100)
+
+
 def _db(x: float) -> float:
     return 20.0 * math.log10(x) if x > 0 else -math.inf
 

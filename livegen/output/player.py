@@ -23,6 +23,8 @@ from livegen.output.mixer import Mixer
 from livegen.output.ringbuffer import RingBuffer
 from livegen.settings import AudioSettings, TempoSettings
 
+CLOCK_WINDOW = 16  # callbacks: the stream clock is the earliest of the last ones (see Player.frame_at)
+
 
 class TempoSource(Protocol):
     bpm: float
@@ -50,6 +52,9 @@ class Player:
         self._stream: Any = None
         self._latency = 0.0  # the stream's output latency (seconds), once it runs
         self._clock: tuple[float, int] | None = None  # (time.monotonic(), frame) at the last callback
+        self._offset: float | None = None  # min of (callback time - frame / rate) over CLOCK_WINDOW: frame_at
+        self._offsets = [float("inf")] * CLOCK_WINDOW
+        self._offset_i = 0
         self._lock = threading.Lock()  # serialises control-thread calls, never taken by the callback
 
     # ------------------------------------------------------------------ lifecycle
@@ -105,7 +110,12 @@ class Player:
                     self._first_underflow_frame = self._frame
                 self._last_underflow_frame = self._frame
             self._status_flags += 1
-        self._clock = (time.monotonic(), self._frame)  # one assignment: read whole by other threads
+        now = time.monotonic()
+        i = self._offset_i
+        self._offsets[i] = now - self._frame / self.sample_rate
+        self._offset_i = (i + 1) % CLOCK_WINDOW
+        self._offset = min(self._offsets)
+        self._clock = (now, self._frame)
         self.mixer.mix(outdata, self._frame)
         self._frame += frames
         self._callbacks += 1
@@ -183,14 +193,19 @@ class Player:
                 self._beats_per_bar = int(beats_per_bar)
 
     def frame_at(self, t: float) -> int:
-        """The stream frame that is heard at monotonic time ``t``: from the last callback's time
-        and frame, the stream's output latency and the nominal rate (approximate to about one
-        block until the real-time core stamps the stream clock sample-accurately)."""
-        clock = self._clock
-        if clock is None:
+        """The stream frame that is heard at monotonic time ``t``: from the callbacks' times and
+        frames, the stream's output latency and the nominal rate (approximate to about one block
+        until the real-time core stamps the stream clock sample-accurately).
+
+        A callback can run late (the GIL, a loaded machine), never early, so the relation used is
+        the smallest ``callback time - frame / rate`` of the last ``CLOCK_WINDOW`` callbacks (93 ms
+        at 256 frames): one late callback does not move it, while a lasting step (cycles lost to
+        xruns: the frames fall behind the wall clock) and a device running off its nominal rate
+        (the JACK dummy driver runs 0.16 % slow) are followed within the window."""
+        off = self._offset
+        if off is None:
             return self._frame
-        t0, f0 = clock
-        return int(f0 + round((t - t0 - self._latency) * self.sample_rate))
+        return int(round((t - self._latency - off) * self.sample_rate))
 
     def anchor_bar(self, frame: int) -> None:
         """Re-anchor the bar grid: a bar line falls on ``frame`` (and every bar before and after
@@ -218,5 +233,7 @@ class Player:
             "non_finite_blocks": self.mixer.non_finite_blocks,
             "slots_playing": self.mixer.slots_playing(),
             "bpm": self._bpm,
+            "origin": self._origin,
+            "latency": self._latency,
             "running": self.running,
         }

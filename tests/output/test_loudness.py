@@ -187,3 +187,46 @@ def test_a_random_weight_model_clip_through_the_worker_is_normalised_and_in_the_
     assert meta["levels"]["gain_db"] == pytest.approx(lv.gain_db, abs=0.001)
     assert meta["levels"]["measured_lufs"] == pytest.approx(lv.measured_lufs, abs=0.001)
     assert meta["levels"]["true_peak_dbtp"] <= -2.0
+
+
+PRELOAD_CHECK = r"""
+import asyncio, sys
+import numpy as np
+from livegen.engine.worker import READY, Worker, WorkerOptions
+from livegen.settings import LevelsSettings
+
+class Engine:
+    sample_rate = 44100
+    def generate(self, prompt, seconds, **kw):
+        return np.zeros((2, int(seconds * 44100)), np.float32)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    def notify(e):
+        if e.kind == READY and not ready.done():
+            ready.set_result(sorted(m for m in ("pyloudnorm", "scipy.ndimage", "soxr") if m in sys.modules))
+    w = Worker({"e": Engine}, WorkerOptions(levels=LevelsSettings(normalize=sys.argv[1] == "on")), notify, loop)
+    w.start()
+    print(",".join(await asyncio.wait_for(ready, 120)))
+    await loop.run_in_executor(None, w.close)
+
+asyncio.run(main())
+"""
+
+
+def test_the_worker_imports_the_meters_before_it_is_ready():
+    # Regression: the first clip's normalisation imported scipy and pyloudnorm on the generation
+    # thread while the stream played; the imports held the GIL long enough for the daemon's stream
+    # to lose 110-170 ms of cycles (tests/integration/test_daemon_clock.py saw the clip that late).
+    import subprocess
+    import sys
+
+    def loaded(mode: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", PRELOAD_CHECK, mode], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+
+    assert loaded("on") == "pyloudnorm,scipy.ndimage,soxr"
+    assert "pyloudnorm" not in loaded("off")
