@@ -5,12 +5,29 @@ right after. The 60-second and 10-minute runs are the soak script's (docs/reliab
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
+from livegen.engine.worker import RENDER_NICE
 from tests.integration.conftest import OscClient, start_daemon, stop_daemon
 from tests.soak.storm import run_storm
 
 pytestmark = pytest.mark.realtime
+
+
+def threads(pid: int) -> list[tuple[int, int, int]]:
+    """(thread id, CPU ticks used, nice) of every thread of ``pid``."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out.append((int(task.name), int(fields[11]) + int(fields[12]), int(fields[16])))
+    return out
 
 
 def test_a_request_storm_keeps_the_queue_bounded_and_the_daemon_working(jack_server, tiny_model, tmp_path):
@@ -35,6 +52,15 @@ def test_a_request_storm_keeps_the_queue_bounded_and_the_daemon_working(jack_ser
         finally:
             client.close()
         assert st["worker"]["queued"] == 0
+        if sys.platform.startswith("linux"):
+            # the render ran below the loop's priority: the busiest thread (MLX's compute thread,
+            # started by the generation thread) has the worker's nice value, the loop thread its own
+            base = os.getpriority(os.PRIO_PROCESS, daemon.proc.pid)
+            tasks = threads(daemon.proc.pid)
+            busiest = max(tasks, key=lambda t: t[1])
+            main = next(t for t in tasks if t[0] == daemon.proc.pid)
+            assert busiest[0] != daemon.proc.pid and busiest[2] == min(19, base + RENDER_NICE), tasks
+            assert main[2] == base, tasks
     finally:
         rc, _ = stop_daemon(daemon)
     log = daemon.log_text()
