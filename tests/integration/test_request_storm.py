@@ -66,3 +66,4 @@ def test_a_request_storm_keeps_the_queue_bounded_and_the_daemon_working(jack_ser
     log = daemon.log_text()
     assert rc == 0, log
     assert "Traceback" not in log, log
+    assert "objects frozen" in log  # the loaded heap left the cyclic collector's view (freeze_heap)
