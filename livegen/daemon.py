@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import sys
 import time
@@ -35,6 +34,7 @@ from livegen import preflight, watchdog
 from livegen.control import osc_verbs as verbs
 from livegen.control.osc_verbs import Verb
 from livegen.engine import worker as wk
+from livegen.engine.loaders import build_loaders, check_audio_device, engine_defaults
 from livegen.mapping import Mapper, MappingError, MidiEvent
 from livegen.output.delivery import Delivery
 from livegen.replies import Replies, osc_origin, parse_origin
@@ -55,10 +55,10 @@ from livegen.session import (
     TempoChanged,
 )
 from livegen.settings import Settings
+from livegen.status import daemon_status, status_args
 
 log = logging.getLogger("livegen.daemon")
 
-EARLY_UNDERFLOW_SECONDS = 0.25  # a fresh stream may flag an underflow while it settles
 SWITCH_INTERVAL = 0.0005  # seconds; see Daemon.run
 FINISH_ON_SHUTDOWN_SECONDS = 120.0  # engine.finish_running_on_shutdown: the longest wait for the clip
 
@@ -76,50 +76,6 @@ def freeze_heap() -> int:
 
 class StartupError(Exception):
     """A problem found before the models load (settings, mappings, device); one sentence per line."""
-
-
-def build_loaders(settings: Settings) -> dict[str, Callable[[], Any]]:
-    """Zero-argument engine loaders (run on the worker thread), one per configured model."""
-    loaders: dict[str, Callable[[], Any]] = {}
-    for name, m in settings.models.items():
-        if m.engine == "stable-audio":
-
-            def load(m=m):  # noqa: ANN202
-                from livegen.models.stable_audio import StableAudioPipeline
-
-                return StableAudioPipeline.from_pretrained(m.path, t5=m.t5)
-        else:
-
-            def load(m=m):  # noqa: ANN202
-                from livegen.models.musicgen import MusicGenPipeline
-
-                return MusicGenPipeline.from_pretrained(m.path)
-
-        loaders[name] = load
-    return loaders
-
-
-def engine_defaults(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Per-model keyword arguments the engines take besides the request (MusicGen sampling)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, m in settings.models.items():
-        if m.engine == "musicgen":
-            out[name] = {"top_k": m.top_k, "top_p": m.top_p, "temperature": m.temperature}
-    return out
-
-
-def check_audio_device(settings: Settings) -> None:
-    """Raise :class:`OSError` with a sentence when the configured output cannot be opened."""
-    import sounddevice as sd
-
-    a = settings.audio
-    try:
-        sd.check_output_settings(device=a.device, channels=a.channels, samplerate=a.sample_rate,
-                                 dtype="float32")
-    except Exception as exc:  # sounddevice.PortAudioError, ValueError for a bad device
-        raise OSError(f"cannot open the audio output {a.device if a.device is not None else '(default)'}: "
-                      f"{exc} (see `livegen devices`; on Linux without sound hardware start "
-                      "bin/livegen-jack-dummy)") from None
 
 
 class Daemon:
@@ -148,6 +104,7 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self._t0 = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False  # shutdown began: intake refused, replies still go out
         self.watchdog: watchdog.Watchdog | None = None
         self.web: Any = None  # the browser control surface (livegen.control.web), when it listens
 
@@ -347,8 +304,8 @@ class Daemon:
         t = time.monotonic()
         for task in self._tasks:
             task.cancel()
-        if self.osc is not None:
-            self.osc.close()
+        # intake stops now; the OSC socket stays open until the last clip's done (or error) is sent
+        self._closing = True
         if self.web is not None:
             await self.web.close()
         if self.midi is not None:
@@ -363,50 +320,18 @@ class Daemon:
                 await asyncio.sleep(0)
         await self.delivery.drain(timeout=5.0 if self.settings.engine.finish_running_on_shutdown else 0.6)
         self.delivery.close()
+        if self.osc is not None:
+            self.osc.close()
         if self.player is not None:
             self.player.close()
         log.info("stopped in %.2f s", time.monotonic() - t)
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
-        player = self.player.stats() if self.player is not None else {}
-        early = int(EARLY_UNDERFLOW_SECONDS * self.settings.audio.sample_rate)
-        underflows = int(player.get("underflows", 0))
-        late = underflows if player.get("last_underflow_frame", -1) >= early else 0
-        session = self.session
-        return {
-            "ready": self.ready_at is not None,
-            "worker": self.worker.stats() if self.worker is not None else {},
-            "audio": player,
-            "underflows": underflows,
-            "underflows_after_start": late,
-            "bpm": session.bpm if session is not None else float(self.settings.tempo.bpm),
-            "tempo": session.tempo_status() if session is not None else {"source": self.settings.tempo.source},
-            "bank": session.state.bank if session is not None else 0,
-            "clips_played": self.delivery.clips_played,
-            "files_written": self.delivery.files_written,
-            "refused": self.refused,
-            "subscribers": len(self.replies.subscribers),
-            "osc": self._osc_stats(),
-            "midi": {"api": self.midi.api, "ports": self.midi.port_names,
-                     "received": self.midi.received} if self.midi is not None else {},
-            "prerender": self.prerender.stats() if self.prerender is not None else {},
-            "watchdog": self.watchdog.stats() if self.watchdog is not None else {},
-            "uptime": time.monotonic() - self._t0,
-        }
-
-    def _osc_stats(self) -> dict[str, Any]:
-        if self.osc is None:
-            return {}
-        return self.osc.stats()
+        return daemon_status(self)
 
     def _status_args(self) -> list[Any]:
-        st = self.status()
-        w = st["worker"]
-        running = w.get("running")
-        return [int(st["ready"]), int(w.get("queued", 0)), -1 if running is None else int(running),
-                int(w.get("done", 0)), int(w.get("failed", 0)), int(st["underflows_after_start"]),
-                float(st["bpm"]), json.dumps(st, default=str)]
+        return status_args(self.status())
 
     async def _push_status_periodically(self) -> None:
         while True:
@@ -490,10 +415,13 @@ class Daemon:
         if self.session is None:
             return
         origin = osc_origin(sender)
+        if self._closing:
+            self.replies.error(origin, "The daemon is shutting down; nothing new is accepted.")
+            return
         self._carry_out(self.session.osc(address, args, origin), origin)
 
     def _on_midi(self, event: MidiEvent) -> None:
-        if self.session is not None:
+        if self.session is not None and not self._closing:
             origin = f"midi:{event.type}"
             self._carry_out(self.session.midi(event, origin), origin)
 

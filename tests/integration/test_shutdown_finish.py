@@ -73,8 +73,9 @@ def test_finish_running_on_shutdown_writes_the_running_clip(jack_server, tiny_mo
     # it really waited: most of the render was still ahead when the signal came
     print(f"{per_step * 1000:.1f} ms per step; exited {exited_after:.2f} s after SIGTERM")
     assert exited_after > 0.5 * per_step * (STEPS - 10), (per_step, exited_after)
-    # the done reply went out before the socket closed, or the clip's file is the proof; either way
-    # no cancellation was reported for the job
+    # the OSC socket stays open until the last clip is delivered: its done reply names the file
+    done = [m.params for m in client.since(mark) if m.address == "/livegen/done" and m.params[0] == job]
+    assert done and done[0][1] == str(wav), client.since(mark)
     assert not [m for m in client.since(mark) if m.address == "/livegen/error" and m.params[0] == job]
 
 
