@@ -1,7 +1,8 @@
 """Mapping files (YAML) from MIDI/OSC messages to actions.
 
 - :mod:`livegen.mapping.events`: events, the session state, actions, :func:`apply`;
-- :mod:`livegen.mapping.schema`: the file format, checked with ``file:line`` errors;
+- :mod:`livegen.mapping.schema`: the file format, checked with ``file:line`` errors (with
+  :mod:`livegen.mapping.rules`, banks and rules, and :mod:`livegen.mapping.rule_actions`);
 - :mod:`livegen.mapping.mapper`: :class:`Mapper`, rules applied to one message at a time;
 - :mod:`livegen.mapping.values`: literals and ``{placeholder}`` templates.
 """
