@@ -55,6 +55,7 @@ from livegen.session import (
     TempoChanged,
 )
 from livegen.settings import Settings
+from livegen.slot_states import SlotState, SlotStates
 from livegen.status import daemon_status, status_args
 
 log = logging.getLogger("livegen.daemon")
@@ -93,7 +94,10 @@ class Daemon:
         self.replies = Replies(None, settings.osc.reply,
                                (settings.osc.status_host, settings.osc.status_port)
                                if settings.osc.status_port is not None else None)
+        self.slots = SlotStates(self.replies.push)
         self.delivery = Delivery(self.replies, voices=settings.audio.voices, stopping=lambda: self._stop.is_set())
+        self.delivery.on_playing = lambda slot: self.slots.set(slot, SlotState.PLAYING, 1.0) if (
+            slot < lim.SLOT_COUNT) else None  # voices of requests without a slot light no pad
         self.exit_code = 0
         self.ready_at: float | None = None
         self.refused = 0
@@ -283,6 +287,8 @@ class Daemon:
             self._tasks.append(asyncio.ensure_future(self._prerender_when_idle()))
         if s.osc.status_port is not None:
             self._tasks.append(asyncio.ensure_future(self._push_status_periodically()))
+        if self.player is not None:
+            self._tasks.append(asyncio.ensure_future(self._follow_playing_slots()))
 
     def _use_loaded_caps(self) -> None:
         """The loaded models' real capabilities replace those read from configuration; a setting
@@ -332,6 +338,13 @@ class Daemon:
 
     def _status_args(self) -> list[Any]:
         return status_args(self.status())
+
+    async def _follow_playing_slots(self) -> None:
+        """Slot states follow the player's voices (a one-shot that ends goes back to idle)."""
+        while True:
+            await asyncio.sleep(0.2)
+            self.slots.follow_player(s for s in self.player.stats().get("slots_playing", ())
+                                     if s < lim.SLOT_COUNT)
 
     async def _push_status_periodically(self) -> None:
         while True:
@@ -472,6 +485,7 @@ class Daemon:
             self.delivery.stop(outcome.slot)
             if self.worker is not None:
                 self.worker.cancel_slot(outcome.slot)
+            self.slots.stopped(outcome.slot)
             r.ack(origin, 0, "stopped" if outcome.slot is None else f"stopped slot {outcome.slot}")
         elif isinstance(outcome, CancelJob):
             self._cancel(outcome.job, origin)
@@ -518,6 +532,7 @@ class Daemon:
             if cached is not None:
                 job = self.worker.reserve_id()
                 self.delivery.deliver_cached(request, cached, job)
+                self._cached_slot(request)
                 return job
         self._preempt_prerender()
         try:
@@ -527,7 +542,12 @@ class Daemon:
             self.replies.error(origin, str(exc))
             return None
         self.replies.ack(origin, job.id, f"queued: {request.prompt[:100]}")
+        self.slots.set(request.slot, SlotState.QUEUED)
         return job.id
+
+    def _cached_slot(self, request: Request) -> None:
+        if self.prerender is not None and request.slot is not None:
+            self.slots.cached(request.slot, self.prerender.ready(request) / max(1, self.settings.prerender.variations))
 
     def _preempt_prerender(self) -> None:
         """A performer's job never waits for a background render: cancel them (requeued later)."""
@@ -561,7 +581,9 @@ class Daemon:
         origin = event.request.origin if event.request is not None else None
         if origin == "prerender" and event.job_id in self.prerender_jobs:
             if kind == wk.DONE:
-                self.prerender.put(self.prerender_jobs.pop(event.job_id), event.clip)
+                request = self.prerender_jobs.pop(event.job_id)
+                self.prerender.put(request, event.clip)
+                self._cached_slot(request)
                 log.info("pre-rendered job %d (%.2f s): %r", event.job_id, event.seconds, event.clip.request.prompt)
             elif kind in (wk.FAILED, wk.CANCELLED, wk.REPLACED):
                 self.prerender_jobs.pop(event.job_id, None)
@@ -589,10 +611,16 @@ class Daemon:
             log.info("job %d started: %r", event.job_id, event.request.prompt[:80])
         elif kind == wk.PROGRESS:
             r.send(origin, verbs.PROGRESS, event.job_id, event.step, event.total)
+            self.slots.set(event.request.slot, SlotState.RENDERING, event.step / max(1, event.total))
         elif kind in (wk.CANCELLED, wk.REPLACED):
             r.error(origin, f"Cancelled: {event.reason}", event.job_id)
+            if kind == wk.CANCELLED and self.slots.get(event.request.slot or 0)[0] is not SlotState.PLAYING:
+                self.slots.set(event.request.slot, SlotState.IDLE)  # a replaced job's successor is queued
         elif kind == wk.FAILED:
             r.error(origin, f"Generation failed: {event.reason}", event.job_id)
+            self.slots.set(event.request.slot, SlotState.IDLE)
         elif kind == wk.DONE:
             log.info("job %d done in %.2f s (%.2f s of audio)", event.job_id, event.seconds, event.clip.seconds)
             self.delivery.deliver(event.clip)
+            if self.player is None or "play" not in event.clip.request.outputs:
+                self.slots.set(event.clip.request.slot, SlotState.IDLE)

@@ -46,6 +46,7 @@ class Delivery:
         self._play_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="livegen-play")
         self._write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="livegen-write")
         self._pending: set[asyncio.Future] = set()
+        self.on_playing: Callable[[int], None] | None = None  # a slot's clip was scheduled (on the loop)
 
     # ---- loop side ----------------------------------------------------------------------
     def deliver(self, clip: Clip) -> None:
@@ -55,7 +56,7 @@ class Delivery:
             slot = request.slot if request.slot is not None else UNSLOTTED_BASE + clip.job_id % max(1, self.voices)
             epoch = self.slot_epochs.get(slot, 0)
             fut = loop.run_in_executor(self._play_pool, self._prepare_and_play, slot, clip, epoch)
-            self._track(fut, request.origin, clip.job_id)
+            self._track(fut, request.origin, clip.job_id, slot=slot)
         if "folder" in request.outputs and self.folder is not None:
             fut = loop.run_in_executor(self._write_pool, self._write, clip)
             self._track(fut, request.origin, clip.job_id, clip=clip)
@@ -79,7 +80,7 @@ class Delivery:
         epoch = self.slot_epochs.get(slot, 0)
         fut = asyncio.get_running_loop().run_in_executor(
             self._play_pool, self._schedule, slot, audio, request, epoch)
-        self._track(fut, origin, 0)
+        self._track(fut, origin, 0, slot=slot)
         return None
 
     def stop(self, slot: int | None) -> None:
@@ -92,7 +93,8 @@ class Delivery:
         if self.player is not None:
             self.player.stop_slot(slot)
 
-    def _track(self, fut: asyncio.Future, origin: str | None, job: int, clip: Clip | None = None) -> None:
+    def _track(self, fut: asyncio.Future, origin: str | None, job: int, clip: Clip | None = None,
+               slot: int | None = None) -> None:
         self._pending.add(fut)
 
         def finished(f: asyncio.Future) -> None:
@@ -106,6 +108,8 @@ class Delivery:
                 self.replies.error(origin, f"{what} failed: {exc}", job)
             elif clip is not None:
                 self.replies.send(origin, verbs.DONE, job, str(f.result()), float(clip.seconds))
+            elif slot is not None and f.result() is not None and self.on_playing is not None:
+                self.on_playing(slot)  # scheduled on the player (not dropped by a stop on its way)
 
         fut.add_done_callback(finished)
 

@@ -128,3 +128,20 @@ def test_a_pad_hit_during_a_prerender_starts_within_one_sampler_step(jack_server
         client.close()
         rc, _ = stop_daemon(daemon)
     assert rc == 0, daemon.log_text()[-3000:]
+
+
+def test_slot_states_reach_subscribers(daemon, client):
+    listener = OscClient()
+    try:
+        lmark = listener.mark()
+        client.send(daemon.port, "/livegen/subscribe", listener.port)
+        listener.wait("/livegen/ack", lmark, timeout=10)
+        lmark = listener.mark()
+        client.send(daemon.port, "/test/pad/5")  # a mapping rule: slot 5 ({pad}), launch now
+        listener.wait("/livegen/slot", lmark, timeout=60, where=lambda p: p[:2] == [5, "playing"])
+        listener.wait("/livegen/slot", lmark, timeout=30, where=lambda p: p[:2] == [5, "idle"])  # a one-shot ends
+        states = [m.params[1] for m in listener.since(lmark) if m.address == "/livegen/slot" and m.params[0] == 5]
+        assert states[0] == "queued" and "rendering" in states, states
+        assert states.index("rendering") < states.index("playing") < len(states) - 1, states
+    finally:
+        listener.close()

@@ -1,0 +1,70 @@
+"""Per-slot state pushed to OSC subscribers: ``/livegen/slot i:slot s:state f:progress``.
+
+So TouchOSC, Max or Pd can light their own pads. States (:class:`SlotState`):
+
+- ``idle`` (progress 0): nothing queued, rendering or playing;
+- ``queued`` (0): a request for the slot waits in the generation queue;
+- ``rendering`` (step / total): the slot's clip is being rendered;
+- ``cached`` (ready variations / wanted variations): pre-rendered variations of the pad are ready;
+- ``playing`` (1): the slot's clip is scheduled or sounding.
+
+Only changes are pushed (a new state, or new progress). ``playing`` is read from the player's
+voices (:meth:`SlotStates.follow_player`, called periodically on the event loop), so a one-shot clip
+that ends goes back to ``idle`` (or ``cached`` when variations are ready) by itself.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+
+SLOT = "/livegen/slot"
+
+
+class SlotState(str, enum.Enum):
+    IDLE = "idle"
+    QUEUED = "queued"
+    RENDERING = "rendering"
+    CACHED = "cached"
+    PLAYING = "playing"
+
+
+class SlotStates:
+    def __init__(self, push: Callable[..., None]) -> None:
+        self._push = push  # push(address, *args): to subscribers and the status port
+        self.states: dict[int, tuple[SlotState, float]] = {}
+        self._cached: dict[int, float] = {}  # slot -> fraction of variations ready
+
+    def set(self, slot: int | None, state: SlotState, progress: float = 0.0) -> None:
+        if slot is None:
+            return
+        if state is SlotState.IDLE and self._cached.get(slot, 0.0) > 0:
+            state, progress = SlotState.CACHED, self._cached[slot]
+        now = (state, round(float(progress), 4))
+        if self.states.get(slot, (SlotState.IDLE, 0.0)) == now:
+            return
+        self.states[slot] = now
+        self._push(SLOT, int(slot), state.value, now[1])
+
+    def get(self, slot: int) -> tuple[SlotState, float]:
+        return self.states.get(slot, (SlotState.IDLE, 0.0))
+
+    def cached(self, slot: int, fraction: float) -> None:
+        """Pre-rendered variations of ``slot`` are ready (``fraction`` of those wanted)."""
+        self._cached[slot] = fraction
+        state, _ = self.get(slot)
+        if state in (SlotState.IDLE, SlotState.CACHED):
+            self.set(slot, SlotState.CACHED if fraction > 0 else SlotState.IDLE, fraction)
+
+    def stopped(self, slot: int | None) -> None:
+        for s in list(self.states) if slot is None else [slot]:
+            self.set(s, SlotState.IDLE)
+
+    def follow_player(self, playing: Iterable[int]) -> None:
+        """Slots with a voice now are playing; slots that were playing and have none are idle."""
+        now = set(playing)
+        for slot in now:
+            self.set(slot, SlotState.PLAYING, 1.0)
+        for slot, (state, _) in list(self.states.items()):
+            if state is SlotState.PLAYING and slot not in now:
+                self.set(slot, SlotState.IDLE)
