@@ -210,6 +210,8 @@ class MidiSettings:
     connect: list[str] = _f(factory=list, doc="Existing MIDI outputs to connect (substring match).")
     api: str | None = _f(None, choices=(None, "alsa", "jack", "coremidi", "winmm"),
                          doc="rtmidi API; null: CoreMIDI on macOS, ALSA on Linux, JACK if ALSA is absent.")
+    feedback_connect: list[str] = _f(factory=list, doc="MIDI inputs (controllers) the feedback output connects "
+                                     "to (substring match), besides the mapping's feedback.connect.")
 
 
 @dataclass

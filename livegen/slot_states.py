@@ -8,7 +8,8 @@ So TouchOSC, Max or Pd can light their own pads. States (:class:`SlotState`):
 - ``cached`` (ready variations / wanted variations): pre-rendered variations of the pad are ready;
 - ``playing`` (1): the slot's clip is scheduled or sounding.
 
-Only changes are pushed (a new state, or new progress). ``playing`` is read from the player's
+Only changes are pushed (a new state, or new progress), also to :attr:`SlotStates.listeners`
+(the controller's LEDs, :mod:`livegen.feedback`). ``playing`` is read from the player's
 voices (:meth:`SlotStates.follow_player`, called periodically on the event loop), so a one-shot clip
 that ends goes back to ``idle`` (or ``cached`` when variations are ready) by itself.
 """
@@ -34,6 +35,7 @@ class SlotStates:
         self._push = push  # push(address, *args): to subscribers and the status port
         self.states: dict[int, tuple[SlotState, float]] = {}
         self._cached: dict[int, float] = {}  # slot -> fraction of variations ready
+        self.listeners: list[Callable[[int, SlotState, float], None]] = []  # each change (livegen.feedback)
 
     def set(self, slot: int | None, state: SlotState, progress: float = 0.0) -> None:
         if slot is None:
@@ -45,6 +47,8 @@ class SlotStates:
             return
         self.states[slot] = now
         self._push(SLOT, int(slot), state.value, now[1])
+        for listener in self.listeners:
+            listener(int(slot), state, now[1])
 
     def get(self, slot: int) -> tuple[SlotState, float]:
         return self.states.get(slot, (SlotState.IDLE, 0.0))
