@@ -11,8 +11,10 @@ so a JACK server must already be running by then).
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,6 +31,126 @@ CLOCK_WINDOW = 16  # callbacks: the stream clock is the earliest of the last one
 class TempoSource(Protocol):
     bpm: float
     beats_per_bar: int
+
+
+@dataclass
+class SlotClip:
+    """What a slot plays, as scheduled (for :meth:`Player.slot_end_frame`): start frame, length in
+    frames (0 for a stream voice until it is closed), looping or not."""
+    start: int
+    length: int
+    loop: bool
+    stream: Any = None  # the PyStreamVoice of a streaming slot
+    buf: np.ndarray | None = None  # (N, C), ungained: for the level meter
+    gain: float = 1.0
+
+
+def window_peak(buf: np.ndarray | None, start: int, end: int, loop: bool) -> float:
+    """Peak of ``buf`` (N, C) over clip positions [start, end) (wrapped when ``loop``)."""
+    if buf is None or end <= start or buf.shape[0] == 0:
+        return 0.0
+    n = buf.shape[0]
+    if loop:
+        s0, e0 = start % n, (start % n) + (end - start)
+        if e0 <= n:
+            return float(np.abs(buf[s0:e0]).max()) if e0 > s0 else 0.0
+        return max(float(np.abs(buf[s0:]).max()), float(np.abs(buf[:min(n, e0 - n)]).max()))
+    s0, e0 = max(0, start), min(n, end)
+    return float(np.abs(buf[s0:e0]).max()) if e0 > s0 else 0.0
+
+
+LEVEL_WINDOW_SECONDS = 0.05  # slot_levels: peak of the last 50 ms
+STALL_SECONDS = 0.1  # no callback for longer than this while running: the stream stalled
+
+
+def clip_end_frame(clip: SlotClip, frame: int) -> int | None:
+    """The frame where ``clip`` ends seen from ``frame``: a loop's next loop end, a one-shot's end
+    (None once it has ended), a stream's end once its producer closed it (None before)."""
+    if clip.stream is not None:
+        if not clip.stream.closed:
+            return None
+        clip = SlotClip(clip.start, clip.stream.total_written + clip.stream.padded, False)
+    if clip.length <= 0:
+        return None
+    if not clip.loop:
+        end = clip.start + clip.length
+        return end if end > frame else None
+    if frame < clip.start:
+        return clip.start + clip.length
+    return clip.start + clip.length * ((frame - clip.start) // clip.length + 1)
+
+
+class PyStreamVoice:
+    """A streaming voice of the Python player (see the contract's StreamVoice): chunks wait in a
+    Python queue and move into the voice's :class:`RingBuffer` as it has room (on ``write`` and on
+    the player's feed thread), so ``write`` never blocks. A miss is a read that found the ring
+    empty before ``close`` (the mixer plays silence there)."""
+
+    def __init__(self, player: Player, slot: int, gain: float, capacity_frames: int) -> None:
+        self._player = player
+        self.slot = int(slot)
+        self.gain = float(gain)
+        self.ring = RingBuffer(player.channels, max(1, int(capacity_frames)))
+        self._pending: collections.deque[np.ndarray] = collections.deque()
+        self._pending_frames = 0
+        self._lock = threading.Lock()
+        self.total_written = 0  # frames accepted by write()
+        self.padded = 0  # the Python mixer never pads: a miss is silence inside the block
+        self.closed = False
+        self.cancelled = False
+        self.start_frame: int | None = None
+
+    def write(self, chunk: np.ndarray) -> None:
+        if self.closed:
+            raise ValueError("the stream voice was closed")
+        a = np.asarray(chunk, dtype=np.float32)
+        if a.ndim != 2 or a.shape[0] != self._player.channels:
+            raise ValueError(f"expected a chunk of shape [{self._player.channels}, N], got {a.shape}")
+        with self._lock:
+            self._pending.append(a)
+            self._pending_frames += a.shape[1]
+            self.total_written += a.shape[1]
+        self.flush()
+
+    def flush(self) -> None:
+        """Move queued chunks into the ring as far as it has room (producer side)."""
+        with self._lock:
+            while self._pending and not self.ring.closed:
+                a = self._pending[0]
+                n = self.ring.write(a)
+                self._pending_frames -= n
+                if n < a.shape[1]:
+                    self._pending[0] = a[:, n:]
+                    return
+                self._pending.popleft()
+            if self.closed and not self._pending and not self.ring.closed:
+                self.ring.close()
+
+    def start(self, launch: str = "now", at_frame: int | None = None) -> int:
+        self.flush()
+        self.start_frame = self._player._start_stream(self, launch, at_frame)
+        return self.start_frame
+
+    def close(self) -> None:
+        self.closed = True
+        self.flush()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.closed = True
+        self._player._cancel_stream(self)
+
+    @property
+    def buffered_frames(self) -> int:
+        return self.ring.available() + self._pending_frames
+
+    @property
+    def misses(self) -> int:
+        return self.ring.underflows
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled or self.ring.finished
 
 
 class Player:
@@ -55,6 +177,11 @@ class Player:
         self._offset: float | None = None  # min of (callback time - frame / rate) over CLOCK_WINDOW: frame_at
         self._offsets = [float("inf")] * CLOCK_WINDOW
         self._offset_i = 0
+        self._last_underflow_time: float | None = None
+        self._slots: dict[int, SlotClip] = {}  # what each slot plays (control side)
+        self._streams: list[PyStreamVoice] = []
+        self._feed_thread: threading.Thread | None = None
+        self._feed_stop = threading.Event()
         self._lock = threading.Lock()  # serialises control-thread calls, never taken by the callback
 
     # ------------------------------------------------------------------ lifecycle
@@ -81,13 +208,23 @@ class Player:
             self._latency = 0.0
         self._stream = stream
 
-    def close(self) -> None:
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop and close the stream; never waits longer than ``timeout`` (a dead JACK server can
+        hang PortAudio's stop: it is then left to a helper thread)."""
+        self._feed_stop.set()
         stream, self._stream = self._stream, None
-        if stream is not None:
+        if stream is None:
+            return
+
+        def stop() -> None:
             try:
                 stream.stop()
             finally:
                 stream.close()
+
+        t = threading.Thread(target=stop, name="livegen-stream-close", daemon=True)
+        t.start()
+        t.join(max(0.0, timeout))
 
     def __enter__(self) -> Player:
         self.start()
@@ -103,14 +240,15 @@ class Player:
     # ------------------------------------------------------------------ audio thread
     def callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         """The sounddevice callback: mix one block, advance the clock, count problems."""
+        now = time.monotonic()
         if status:
             if status.output_underflow:
                 self._underflows += 1
                 if self._first_underflow_frame < 0:
                     self._first_underflow_frame = self._frame
                 self._last_underflow_frame = self._frame
+                self._last_underflow_time = now
             self._status_flags += 1
-        now = time.monotonic()
         i = self._offset_i
         self._offsets[i] = now - self._frame / self.sample_rate
         self._offset_i = (i + 1) % CLOCK_WINDOW
@@ -145,12 +283,14 @@ class Player:
                                            self._origin)
 
     def schedule(self, slot: int, audio: np.ndarray, loop: bool = False, gain: float = 1.0,
-                 launch: str = "bar", sample_rate: int | None = None) -> int:
+                 launch: str = "bar", sample_rate: int | None = None, at_frame: int | None = None) -> int:
         """Play ``audio`` [C, N] float32 in ``slot``; returns the start frame.
 
         ``sample_rate`` is the clip's rate (None: already at the stream rate; otherwise it is
         resampled here). The clip is copied into a voice buffer here, in chunks, before the
         callback sees it; a clip already in ``slot`` is crossfaded out at the start frame.
+        ``at_frame`` (a stream frame) overrides ``launch`` (an extension that continues a clip at
+        its :meth:`slot_end_frame`); a frame already rendered starts at the next block.
         """
         if audio.ndim != 2 or audio.shape[1] == 0:
             raise ValueError(f"audio must be [channels, frames] with frames > 0, got {audio.shape}")
@@ -158,9 +298,55 @@ class Player:
             audio = resample(audio, int(sample_rate), self.sample_rate)
         buf = self.mixer.prepare(np.asarray(audio, dtype=np.float32))
         with self._lock:
-            start = self.launch_frame(launch)
+            start = self.launch_frame(launch) if at_frame is None else max(int(at_frame), self._frame)
             self.mixer.schedule(slot, buf, start, loop=loop, gain=gain)
+            self._slots[int(slot)] = SlotClip(start, buf.shape[0], bool(loop), buf=buf, gain=float(gain))
         return start
+
+    def open_stream(self, slot: int, gain: float = 1.0, capacity_frames: int | None = None) -> PyStreamVoice:
+        """A streaming voice for ``slot`` (written from one producer thread, started later)."""
+        cap = int(capacity_frames or self.settings.ring_seconds * self.sample_rate)
+        voice = PyStreamVoice(self, slot, gain, cap)
+        with self._lock:
+            self._streams.append(voice)
+            if self._feed_thread is None:
+                self._feed_thread = threading.Thread(target=self._feed, name="livegen-feed", daemon=True)
+                self._feed_thread.start()
+        return voice
+
+    def _feed(self) -> None:
+        """Moves queued stream chunks into their rings; ends when no stream voice is left."""
+        while not self._feed_stop.wait(0.01):
+            for v in list(self._streams):
+                v.flush()
+                if v.done:
+                    with self._lock:
+                        if v in self._streams:
+                            self._streams.remove(v)
+            with self._lock:
+                if not self._streams:
+                    self._feed_thread = None
+                    return
+
+    def _start_stream(self, voice: PyStreamVoice, launch: str, at_frame: int | None) -> int:
+        with self._lock:
+            start = self.launch_frame(launch) if at_frame is None else max(int(at_frame), self._frame)
+            self.mixer.stream(voice.slot, voice.ring, start, voice.gain)
+            self._slots[voice.slot] = SlotClip(start, 0, False, stream=voice, gain=voice.gain)
+        return start
+
+    def _cancel_stream(self, voice: PyStreamVoice) -> None:
+        with self._lock:
+            clip = self._slots.get(voice.slot)
+            if clip is not None and clip.stream is voice:
+                self.mixer.stop(voice.slot, None)
+                del self._slots[voice.slot]
+            voice.ring.close()
+
+    def slot_end_frame(self, slot: int) -> int | None:
+        """The frame where ``slot``'s clip ends (a loop: its next loop end); None when silent."""
+        clip = self._slots.get(int(slot))
+        return None if clip is None else clip_end_frame(clip, self._frame)
 
     def stream(self, slot: int, gain: float = 1.0, launch: str = "now",
                seconds: float | None = None) -> RingBuffer:
@@ -177,9 +363,14 @@ class Player:
         with self._lock:
             at = None if launch == "now" else self.launch_frame(launch)
             self.mixer.stop(slot, at)
+            for s in ([int(slot)] if slot is not None else list(self._slots)):
+                self._slots.pop(s, None)
 
     def set_gain(self, slot: int, gain: float) -> None:
         self.mixer.set_gain(slot, gain)
+        clip = self._slots.get(int(slot))
+        if clip is not None:
+            clip.gain = float(gain)
 
     def set_bpm(self, bpm: float, beats_per_bar: int | None = None) -> None:
         """Change the tempo; the grid pivots on the current bar so launches stay aligned."""
@@ -218,12 +409,38 @@ class Player:
         """A frame where a bar line of the current grid falls."""
         return self._origin
 
+    def _slot_meters(self) -> tuple[dict[int, float], dict[int, list[int]]]:
+        levels: dict[int, float] = {}
+        positions: dict[int, list[int]] = {}
+        frame = self._frame
+        win = int(LEVEL_WINDOW_SECONDS * self.sample_rate)
+        for slot, clip in list(self._slots.items()):
+            if clip_end_frame(clip, frame) is None and clip.stream is None:
+                continue
+            pos = frame - clip.start
+            if pos < 0:
+                continue
+            length = clip.length if clip.stream is None else clip.stream.total_written
+            positions[slot] = [pos % length if clip.loop and length else pos, length]
+            levels[slot] = window_peak(clip.buf, pos - win, pos, clip.loop) * abs(clip.gain)
+        return levels, positions
+
     def stats(self) -> dict[str, Any]:
+        levels, positions = self._slot_meters()
+        running = self.running
+        clock = self._clock
+        stalled = bool(running and clock is not None and time.monotonic() - clock[0] > STALL_SECONDS)
         return {
+            "backend": "python",
             "callbacks": self._callbacks,
             "frames": self._frame,
             "seconds": self._frame / float(self.sample_rate),
             "underflows": self._underflows,
+            "xruns": self._underflows,
+            "last_underflow_time": self._last_underflow_time,
+            "slot_levels": levels,
+            "slot_positions": positions,
+            "stalled": stalled,
             "first_underflow_frame": self._first_underflow_frame,
             "last_underflow_frame": self._last_underflow_frame,
             "status_flags": self._status_flags,
@@ -235,5 +452,5 @@ class Player:
             "bpm": self._bpm,
             "origin": self._origin,
             "latency": self._latency,
-            "running": self.running,
+            "running": running,
         }
