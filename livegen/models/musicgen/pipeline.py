@@ -25,7 +25,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from livegen.device import configure_mlx
-from livegen.errors import WeightsError
+from livegen.errors import Cancelled, WeightsError
 from livegen.models.musicgen.config import MusicGenConfig
 from livegen.models.musicgen.encodec import Encodec, EncodecConfig, EncodecStreamDecoder
 from livegen.models.musicgen.sampling import (
@@ -40,6 +40,9 @@ from livegen.models.t5 import T5Config, T5Encoder
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
+
+# frames per block of the cancellable EnCodec decode (1 s at 50 Hz): cancel is polled between blocks
+DECODE_BLOCK_FRAMES = 50
 
 _DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
@@ -259,6 +262,39 @@ class MusicGenPipeline:
             audio = self.codec.decode(c)
         return np.array(audio.astype(mx.float32))
 
+    def _decode_cancellable(self, codes: np.ndarray, cancel: Cancel | None = None,
+                            decode_progress: Progress | None = None) -> np.ndarray:
+        """``decode_codes`` with ``cancel()`` polled between blocks of ``DECODE_BLOCK_FRAMES`` frames
+        (raising ``livegen.errors.Cancelled``) and ``decode_progress(done, total)`` after each:
+        codes longer than one block go through the streaming EnCodec decoder (equal to the one-shot
+        decode to float rounding), so no piece of work is longer than a block."""
+        frames = codes.shape[2]
+        total = max(1, -(-frames // DECODE_BLOCK_FRAMES))
+
+        def check(done: int) -> None:
+            if decode_progress is not None and done:
+                decode_progress(done, total)
+            if cancel is not None and cancel():
+                raise Cancelled(f"generation cancelled while decoding ({done} of {total} blocks done)")
+
+        check(0)
+        if total == 1:
+            audio = self.decode_codes(codes)
+            check(1)
+            return audio
+        c = mx.array(np.asarray(codes, dtype=np.int32))
+        parts = [c[:, 0::2], c[:, 1::2]] if self.audio_channels == 2 else [c]
+        decoders = [EncodecStreamDecoder(self.codec) for _ in parts]
+        out: list[list[np.ndarray]] = [[] for _ in parts]
+        for block in range(total):
+            lo, hi = block * DECODE_BLOCK_FRAMES, min(frames, (block + 1) * DECODE_BLOCK_FRAMES)
+            for d, part, pieces in zip(decoders, parts, out, strict=True):
+                pieces.append(np.array(d.push(part[:, :, lo:hi]).astype(mx.float32)))
+                if hi == frames:
+                    pieces.append(np.array(d.flush().astype(mx.float32)))
+            check(block + 1)
+        return np.concatenate([np.concatenate(p, axis=2) for p in out], axis=1)
+
     def encode_audio(self, audio: np.ndarray) -> np.ndarray:
         """Audio [B, C, N] (or [C, N]) at 32 kHz -> codes [B, K, ceil(N / hop)].
 
@@ -396,18 +432,23 @@ class MusicGenPipeline:
         audio_prompt: np.ndarray | None = None,
         progress: Progress | None = None,
         cancel: Cancel | None = None,
+        decode_progress: Progress | None = None,
     ) -> np.ndarray:
         """One clip, float32 [C, N] at 32 kHz, N = round(seconds * 50) * 640.
 
         ``melody``: ``(audio [C, N], rate)`` for melody models. ``audio_prompt``: audio [C, N] at
         32 kHz to continue; its codes are the decoder's prefix and only the continuation
-        (``seconds`` long) is returned.
+        (``seconds`` long) is returned. ``cancel()`` is polled before each decoding step and, when
+        given, between the EnCodec decode's blocks (``_decode_cancellable``).
         """
         codes = self.generate_tokens(
             prompt, seconds, top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance_scale,
             seed=seed, melody=melody, audio_prompt=audio_prompt, progress=progress, cancel=cancel,
         )  # fmt: skip
-        audio = self.decode_codes(codes)[0]
+        if cancel is None and decode_progress is None:
+            audio = self.decode_codes(codes)[0]
+        else:
+            audio = self._decode_cancellable(codes, cancel, decode_progress)[0]
         skip = codes.shape[2] - self._frames(seconds, None)
         return np.ascontiguousarray(audio[:, skip * self.hop_length :])
 
@@ -444,6 +485,8 @@ class MusicGenPipeline:
         state = {"pushed": 0, "skip": p * self.hop_length}
 
         def emit(seq: np.ndarray, upto: int, final: bool) -> np.ndarray | None:
+            if cancel is not None and cancel():
+                raise Cancelled("generation cancelled while decoding")
             pieces = []
             if upto > state["pushed"]:
                 codes = undelay(seq, self.audio_channels, upto)[:, :, state["pushed"] : upto]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,17 @@ class PipelineConditioning:
 
 def _np(a: mx.array | None) -> np.ndarray | None:
     return None if a is None else np.array(a)
+
+
+def _flat_layers(layers: Sequence) -> list:
+    """The decoder's layers with each block (a module holding ``layers`` applied in sequence, not a
+    residual unit) opened up: the steps a layer-by-layer decode evaluates one at a time."""
+    from livegen.models.stable_audio.vae import DecoderBlock
+
+    out: list = []
+    for layer in layers:
+        out.extend(_flat_layers(layer.layers) if isinstance(layer, DecoderBlock) else [layer])
+    return out
 
 
 class StableAudioPipeline:
@@ -335,19 +347,70 @@ class StableAudioPipeline:
     def generate(self, prompt: str, seconds: float = 10.0, steps: int | None = None,
                  cfg_scale: float | None = None, sampler: str | None = None, seed: int | None = None,
                  negative_prompt: str | None = None, init_audio: np.ndarray | None = None,
-                 init_strength: float | None = None, progress=None, cancel=None) -> np.ndarray:
+                 init_strength: float | None = None, progress=None, cancel=None,
+                 decode_progress=None) -> np.ndarray:
         """Audio float32 ``[channels, round(seconds * sample_rate)]`` at ``self.sample_rate``.
 
         ``None`` arguments take the checkpoint's defaults (``self.defaults``). ``init_audio``
         ([channels, frames] or [frames], at ``sample_rate``) is encoded and partially noised by
-        ``init_strength`` in (0, 1] (1 = ignore it). The seed used is stored in ``last_seed``."""
+        ``init_strength`` in (0, 1] (1 = ignore it). The seed used is stored in ``last_seed``.
+        ``cancel()`` is polled between sampler steps and between decode tiles (or decoder layers);
+        ``decode_progress(done, total)`` follows the decode (see ``_decode_cancellable``)."""
         latents, frames = self._generate_latents(prompt, seconds, steps, cfg_scale, sampler, seed,
                                                  negative_prompt, init_audio, init_strength, progress, cancel)
-        audio = self.model.vae.decode(latents)[0, :frames].astype(mx.float32)
-        out = np.array(audio.T)
+        audio = self._decode_cancellable(latents, cancel, decode_progress)
+        out = np.array(audio[0, :frames].astype(mx.float32).T)
         if out.shape[1] < frames:
             out = np.pad(out, ((0, 0), (0, frames - out.shape[1])))
         return np.ascontiguousarray(out)
+
+    def decode_tile_latents(self, batch: int = 1) -> int | None:
+        """Latent frames per VAE decode tile: ``LIVEGEN_DECODE_TILE_LATENTS`` if set (0: one shot),
+        else the VAE's choice (``AudioAutoencoder.tile_latents``: cache-sized tiles on the CPU, one
+        shot on a GPU and while audio is played from a Python callback)."""
+        env = os.environ.get("LIVEGEN_DECODE_TILE_LATENTS", "").strip()
+        if env:
+            try:
+                value = int(env)
+            except ValueError:
+                value = -1
+            if value < 0:
+                raise ValueError(f"LIVEGEN_DECODE_TILE_LATENTS must be a whole number >= 0, got {env!r}")
+            return value or None
+        return self.model.vae.tile_latents(batch)
+
+    def _decode_cancellable(self, latents: mx.array, cancel=None, decode_progress=None) -> mx.array:
+        """The VAE decode with ``cancel()`` polled between pieces of work (raising
+        ``livegen.errors.Cancelled``) and ``decode_progress(done, total)`` after each: between tiles
+        when the decode is tiled, else between the decoder's layers (the one-shot decode evaluated
+        layer by layer: the same operations, so the same result). Either way no piece of work is
+        longer than a tile or one layer, so a cancel (a stop, a shutdown) is seen within that."""
+        vae = self.model.vae
+        tile = self.decode_tile_latents(latents.shape[0])
+        length = latents.shape[1]
+
+        def check(done: int, total: int) -> None:
+            if decode_progress is not None and done:
+                decode_progress(done, total)
+            if cancel is not None and cancel():
+                raise Cancelled(f"generation cancelled while decoding ({done} of {total} done)")
+
+        if tile is not None and length > tile:
+            total = -(-length // tile)
+            check(0, total)
+            pieces = []
+            for piece in vae.decode_chunks(latents, chunk=tile):
+                pieces.append(piece)
+                check(len(pieces), total)
+            return mx.concatenate(pieces, axis=1)
+        layers = _flat_layers(vae.decoder.layers)
+        check(0, len(layers))
+        x = latents
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            mx.eval(x)
+            check(i + 1, len(layers))
+        return x
 
     def generate_stream(self, prompt: str, seconds: float = 10.0, steps: int | None = None,
                         cfg_scale: float | None = None, sampler: str | None = None, seed: int | None = None,
