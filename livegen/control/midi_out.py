@@ -10,8 +10,8 @@ virtual ports (use named connections).
 Named connections (``midi.feedback_connect`` and the mapping's ``feedback.connect``) are matched
 as the input's are (exact name first, else a substring), and looked at again by :meth:`check`
 (the feedback thread calls it once a second): a controller that went away and came back is
-connected again and :meth:`check` returns True, so that the caller sends every LED again (a
-re-plugged controller has forgotten them).
+connected again; :meth:`check` returns True after any new connection, so that the caller sends
+every LED again (a controller that appeared late, or was re-plugged, knows none of them).
 
 Everything here runs on one thread (the feedback thread); rtmidi sends without blocking.
 """
@@ -112,7 +112,8 @@ class MidiOutput:
 
     # ------------------------------------------------------------------ connections
     def check(self, first: bool = False) -> bool:
-        """Connect what is wanted and not connected; True when a connection was made again."""
+        """Connect what is wanted and not connected; True when a connection was made (the caller then
+        sends every LED again: a controller that appeared or came back knows none of them)."""
         if not self._connect:
             return False
         made = self._check_jack(first) if self._graph is not None else self._check_plain(first)
@@ -168,6 +169,7 @@ class MidiOutput:
         return made
 
     def _connected(self, wanted: str, name: str) -> bool:
+        """True: a controller is newly connected (it needs every LED's state)."""
         again = wanted in self._ever
         self._ever.add(wanted)
         self._labels[wanted] = name
@@ -175,7 +177,7 @@ class MidiOutput:
             log.warning("MIDI feedback port %r is connected again.", name)
         else:
             log.info("MIDI feedback connected to %r", name)
-        return again
+        return True
 
     def _lost(self, wanted: str, available: list[str], first: bool) -> None:
         name = self._labels.pop(wanted, None)
