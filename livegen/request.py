@@ -17,10 +17,12 @@ import numpy as np
 from livegen import limits, tempo
 
 if TYPE_CHECKING:
+    from livegen.musical import SlotSource
     from livegen.output.loudness import Levels
 
 OUTPUTS = ("play", "folder")
 LAUNCHES = ("now", "beat", "bar")
+ACTIONS = ("generate", "extend", "vary")
 BPM_RANGE = limits.BPM_RANGE
 
 
@@ -48,13 +50,21 @@ class Request:
     launch: str = "bar"
     priority: int = 0
     origin: str | None = None
+    # musical actions on a slot's clip (livegen.musical): "generate" (from the prompt alone),
+    # "extend" (continue ``source``) or "vary" (audio-to-audio from ``source`` with ``strength``)
+    action: str = "generate"
+    strength: float | None = None
+    source: SlotSource | None = field(default=None, compare=False, repr=False)
 
     def replace(self, **changes: Any) -> Request:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """The fields as plain values; the source clip is named by its job, not copied."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
         d["outputs"] = list(self.outputs)
+        if self.source is not None:
+            d["source_job"] = self.source.job_id
         return d
 
     def validate(self, lim: limits.Limits | None = None) -> None:
@@ -117,6 +127,27 @@ class Request:
             raise RequestError(f"Unknown launch {self.launch!r}; use 'now', 'beat' or 'bar'.")
         if not _is_int(self.priority) or not limits.PRIORITY_RANGE[0] <= self.priority <= limits.PRIORITY_RANGE[1]:
             raise RequestError(f"The priority must be a whole number, not {self.priority!r}.")
+        self._validate_action(caps)
+
+    def _validate_action(self, caps: limits.ModelCaps | None) -> None:
+        if self.action not in ACTIONS:
+            raise RequestError(f"Unknown action {self.action!r}; use {', '.join(ACTIONS)}.")
+        if self.action == "generate":
+            if self.strength is not None or self.source is not None:
+                raise RequestError("Only vary takes a strength, and only extend and vary a slot's clip.")
+            return
+        if self.source is None or self.slot is None:
+            raise RequestError(f"To {self.action} needs a slot and its clip.")
+        want = limits.EngineKind.MUSICGEN if self.action == "extend" else limits.EngineKind.STABLE_AUDIO
+        if caps is not None and caps.engine is not want:
+            what = "MusicGen" if want is limits.EngineKind.MUSICGEN else "Stable Audio"
+            raise RequestError(f"To {self.action} needs a {what} model; {caps.name!r} is {caps.engine.value}.")
+        if self.action == "vary":
+            if self.strength is None or not (_finite(self.strength) and 0 < self.strength <= 1):
+                raise RequestError(f"The strength must be above 0 and at most 1 (1 ignores the slot's audio), "
+                                   f"not {self.strength!r}.")
+        elif self.strength is not None:
+            raise RequestError("Only vary takes a strength.")
 
     def duration_seconds(self, default_bpm: float = 120.0, default_seconds: float | None = None) -> float:
         """Seconds, or ``bars`` at ``bpm`` (``default_bpm`` when the request has none).

@@ -46,6 +46,8 @@ class Verb(str, enum.Enum):
     STOP = "stop"
     CANCEL = "cancel"
     REROLL = "reroll"
+    EXTEND = "extend"
+    VARY = "vary"
     SET = "set"
     GET = "get"
     STATUS = "status"
@@ -61,7 +63,8 @@ class Reset(enum.Enum):
 
 HELP = (
     "/livegen/generate s:prompt [i:seed] [f:seconds], /livegen/trigger i:slot, /livegen/stop [i:slot], "
-    "/livegen/cancel [i:job], /livegen/reroll [i:slot], /livegen/set s:param value, /livegen/get s:param, "
+    "/livegen/cancel [i:job], /livegen/reroll [i:slot], /livegen/extend i:slot [f:seconds], "
+    "/livegen/vary i:slot [f:strength], /livegen/set s:param value, /livegen/get s:param, "
     "/livegen/status, /livegen/reload, /livegen/subscribe [i:port], /livegen/<param> value for "
     + ", ".join(SINGLE_VALUES)
 )
@@ -196,6 +199,11 @@ def parse(address: str, args: Sequence[Any], types: dict[str, str] | None = None
         key = "job" if verb == "cancel" else "slot"
         _count(args, 0, 1, f"/livegen/{verb} [i:{key}]")
         return Command(Verb(verb), {key: as_int(args[0], key) if args else None})
+    if verb in ("extend", "vary"):
+        key = "seconds" if verb == "extend" else "strength"
+        _count(args, 1, 2, f"/livegen/{verb} i:slot [f:{key}]")
+        values = {"slot": as_int(args[0], "slot"), key: as_float(args[1], key) if len(args) > 1 else None}
+        return Command(Verb(verb), values)
     if verb == "set":
         if len(args) > 2 and args and args[0] in ("prompt", "negative_prompt"):
             args = (args[0], *join_words(args[1:]))

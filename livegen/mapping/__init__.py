@@ -12,6 +12,7 @@ from livegen.mapping.events import (
     PARAM_TYPES,
     Action,
     ClockTick,
+    Extend,
     Generate,
     KnobMoved,
     MidiEvent,
@@ -23,6 +24,7 @@ from livegen.mapping.events import (
     State,
     Stop,
     Trigger,
+    Vary,
     apply,
 )
 from livegen.mapping.mapper import Mapper, random_seed
@@ -30,6 +32,6 @@ from livegen.mapping.schema import ACTIONS, CURVES, MIDI_EVENTS, Bank, MappingEr
 
 __all__ = [
     "ACTIONS", "CURVES", "DEFAULT_PARAMS", "MIDI_EVENTS", "PARAM_TYPES", "Action", "Bank", "ClockTick",
-    "Generate", "KnobMoved", "Mapper", "MappingError", "MappingSpec", "MidiEvent", "OscEvent", "Reject",
-    "Reroll", "Rule", "SelectBank", "SetParam", "State", "Stop", "Trigger", "apply", "random_seed",
+    "Extend", "Generate", "KnobMoved", "Mapper", "MappingError", "MappingSpec", "MidiEvent", "OscEvent", "Reject",
+    "Reroll", "Rule", "SelectBank", "SetParam", "State", "Stop", "Trigger", "Vary", "apply", "random_seed",
 ]

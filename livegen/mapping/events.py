@@ -16,12 +16,12 @@ PARAM_TYPES: dict[str, str] = {
     "prompt": "str", "negative_prompt": "str", "model": "str", "sampler": "str",
     "seed": "int", "steps": "int", "cfg": "float", "seconds": "float", "bars": "float",
     "bpm": "float", "beats_per_bar": "int", "gain": "float", "launch": "launch", "loop": "bool",
-    "priority": "int",
+    "priority": "int", "key": "str", "scale": "str",
 }
 DEFAULT_PARAMS: dict[str, Any] = {
     "prompt": "", "negative_prompt": None, "model": "default", "sampler": None, "seed": None,
     "steps": None, "cfg": None, "seconds": None, "bars": None, "bpm": 120.0, "beats_per_bar": 4,
-    "gain": 1.0, "launch": "bar", "loop": False, "priority": 0,
+    "gain": 1.0, "launch": "bar", "loop": False, "priority": 0, "key": "C", "scale": "major",
 }
 
 
@@ -107,6 +107,22 @@ class Reroll:
 
 
 @dataclass(frozen=True)
+class Extend:
+    """Continue the slot's clip (MusicGen), starting where it ends; ``seconds`` None: as long as it."""
+
+    slot: int
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Vary:
+    """Audio-to-audio from the slot's clip (Stable Audio); ``strength`` None: the default."""
+
+    slot: int
+    strength: float | None = None
+
+
+@dataclass(frozen=True)
 class ClockTick:
     """A MIDI clock tick at ``time``; :func:`apply` records it for tempo estimation."""
 
@@ -129,7 +145,8 @@ class KnobMoved:
     value: int
 
 
-Action = Generate | Trigger | Stop | SetParam | SelectBank | Reroll | ClockTick | Reject | KnobMoved
+Action = (Generate | Trigger | Stop | SetParam | SelectBank | Reroll | Extend | Vary | ClockTick | Reject
+          | KnobMoved)
 
 
 def apply(action: Action, state: State) -> State:

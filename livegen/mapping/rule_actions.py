@@ -108,6 +108,8 @@ def _parse_action(node: dict, rule: Rule, errs: _Errs, ptypes: dict[str, str], a
                 errs.add(line, "a trigger rule needs a 'slot'.")
         elif "pad" in available and rule.numbers is not None and len(rule.numbers) > 1:
             opts["slot"] = "{pad}"
+    elif a in ("extend", "vary"):
+        _parse_musical(node, rule, errs, available, opts)
     elif a == "set":
         _parse_set(node, rule, errs, ptypes, available, opts)
     elif a == "bank":
@@ -132,6 +134,26 @@ def _parse_action(node: dict, rule: Rule, errs: _Errs, ptypes: dict[str, str], a
             errs.add(kl, f"unknown bank {b!r}.{did_you_mean(str(b), names)} Use a bank name, a number, "
                      "'next', 'prev' or 'value'.")
     rule.opts = opts
+
+
+def _parse_musical(node: dict, rule: Rule, errs: _Errs, available: set[str], opts: dict[str, Any]) -> None:
+    """extend (slot, seconds) and vary (slot, strength): the slot's clip is continued or varied."""
+    line = node.line
+    if "slot" in node:
+        if _check_literal(node["slot"], "slot", "int", _line(node, "slot", line), errs, available):
+            opts["slot"] = node["slot"]
+    elif "pad" in available:
+        opts["slot"] = "{pad}"
+    else:
+        verb = "extends" if rule.action == "extend" else "varies"
+        errs.add(line, f"this {rule.action} rule needs a 'slot' (the slot whose clip it {verb}).")
+    key = "seconds" if rule.action == "extend" else "strength"
+    if key in node:
+        v, kl = node[key], _line(node, key, line)
+        if key == "strength" and _is_num(v) and not 0 < v <= 1:
+            errs.add(kl, f"'strength' must be above 0 and at most 1 (1 ignores the slot's audio), not {v!r}.")
+        elif _check_literal(v, key, "float", kl, errs, available):
+            opts[key] = v
 
 
 def _check_literal(v: Any, key: str, kind: str, line: int, errs: _Errs, available: set[str]) -> bool:

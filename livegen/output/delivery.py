@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from livegen import musical
 from livegen.control import osc_verbs as verbs
 from livegen.replies import Replies
 from livegen.request import Clip, Request
@@ -40,6 +41,9 @@ class Delivery:
         self.voices = voices
         self._stopping = stopping
         self.slot_clips: dict[int, tuple[np.ndarray, Request]] = {}
+        # each slot's last clip at its model's rate, as rendered (extend and vary start from it)
+        self.slot_sources: dict[int, musical.SlotSource] = {}
+        self.late_extensions: set[int] = set()  # jobs of extensions that came too late to join seamlessly
         self.slot_epochs: dict[int, int] = {}
         self.clips_played = 0
         self.files_written = 0
@@ -52,6 +56,9 @@ class Delivery:
     def deliver(self, clip: Clip) -> None:
         request = clip.request
         loop = asyncio.get_running_loop()
+        if request.slot is not None:
+            self.slot_sources[request.slot] = musical.SlotSource(clip.audio, clip.sample_rate, request, clip.model,
+                                                                 clip.seed, clip.job_id)
         if "play" in request.outputs and self.player is not None and not self._stopping():
             slot = request.slot if request.slot is not None else UNSLOTTED_BASE + clip.job_id % max(1, self.voices)
             epoch = self.slot_epochs.get(slot, 0)
@@ -110,6 +117,10 @@ class Delivery:
                 self.replies.send(origin, verbs.DONE, job, str(f.result()), float(clip.seconds))
             elif slot is not None and f.result() is not None and self.on_playing is not None:
                 self.on_playing(slot)  # scheduled on the player (not dropped by a stop on its way)
+            if job in self.late_extensions:
+                self.late_extensions.discard(job)
+                self.replies.ack(origin, job, f"extension of slot {slot} came after its clip ended: it starts on "
+                                              "the launch grid instead of seamlessly")
 
         fut.add_done_callback(finished)
 
@@ -132,15 +143,32 @@ class Delivery:
 
     def _prepare_and_play(self, slot: int, clip: Clip, epoch: int) -> int | None:
         audio = self._stream_audio(clip)
+        at_frame = None
+        if clip.request.action == "extend" and self.slot_epochs.get(slot, 0) == epoch:
+            at_frame = self._extension_frame(slot, clip)  # from the slot's clip before this one replaces it
         if clip.request.slot is not None:
             self.slot_clips[clip.request.slot] = (audio, clip.request)
-        return self._schedule(slot, audio, clip.request, epoch)
+        return self._schedule(slot, audio, clip.request, epoch, at_frame)
 
-    def _schedule(self, slot: int, audio: np.ndarray, request: Request, epoch: int) -> int | None:
+    def _extension_frame(self, slot: int, clip: Clip) -> int | None:
+        """Where the slot's clip ends (livegen.musical.extension_frame); None: late, on the grid."""
+        current = self.slot_clips.get(slot)
+        loop_frames = current[0].shape[1] if current is not None and current[1].loop else None
+        at = musical.extension_frame(self.player, slot, loop_frames)
+        if at is None:
+            self.late_extensions.add(clip.job_id)
+            log.warning("job %d: the extension of slot %d came after its clip ended; launched on %r instead",
+                        clip.job_id, slot, clip.request.launch)
+        return at
+
+    def _schedule(self, slot: int, audio: np.ndarray, request: Request, epoch: int,
+                  at_frame: int | None = None) -> int | None:
         if self.slot_epochs.get(slot, 0) != epoch:
             log.info("slot %d was stopped while its clip was on its way: not played", slot)
             return None
-        start = self.player.schedule(slot, audio, loop=request.loop, gain=request.gain, launch=request.launch)
+        extra = {} if at_frame is None else {"at_frame": at_frame}  # an extension joins the slot's clip
+        start = self.player.schedule(slot, audio, loop=request.loop, gain=request.gain, launch=request.launch,
+                                     **extra)
         self.clips_played += 1
         return start
 
