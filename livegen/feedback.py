@@ -189,7 +189,7 @@ class Feedback:
             with self._lock:
                 board.replace(FeedbackSpec(board.spec.source, 0, [], board.spec.states, rate=board.spec.rate))
             return
-        if spec is None or (board is not None and board.spec is spec) or spec is self._failed_spec:
+        if spec is None or (board is not None and board.spec == spec) or spec == self._failed_spec:
             return
         if self.output is None:
             output = self._make_output(spec)
@@ -211,7 +211,8 @@ class Feedback:
                 self._board.show_all()
             else:
                 board.replace(spec)
-            self._bucket = TokenBucket(spec.rate)
+            if self._bucket is None or self._bucket.rate != spec.rate:
+                self._bucket = TokenBucket(spec.rate)
 
     def _run(self) -> None:
         next_check = time.monotonic() + CHECK_S
