@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 
-COMMANDS = ["generate", "convert", "serve", "devices", "doctor", "send"]
+COMMANDS = ["generate", "convert", "serve", "devices", "doctor", "send", "render", "serve_pool"]
 
 
 class UsageError(Exception):

@@ -40,6 +40,20 @@ def engine_defaults(settings: Settings) -> dict[str, dict[str, Any]]:
     return out
 
 
+def worker_options(settings: Settings, render_nice: int | None = None) -> Any:
+    """The generation thread's options as the daemon sets them (``livegen render`` and the Ray
+    replicas use the same, so their clips equal the daemon's); ``render_nice`` overrides the
+    thread's priority drop (0 where no audio thread needs the CPU)."""
+    from livegen.engine.worker import RENDER_NICE, WorkerOptions
+
+    s = settings
+    return WorkerOptions(queue_size=s.engine.queue_size, warmup_seconds=tuple(s.engine.warmup_seconds),
+                         finish_running_on_shutdown=s.engine.finish_running_on_shutdown,
+                         fade_seconds=s.audio.fade_ms / 1000.0, default_model=s.default_model,
+                         model_kwargs=engine_defaults(s), levels=s.levels,
+                         render_nice=RENDER_NICE if render_nice is None else render_nice)
+
+
 def check_audio_device(settings: Settings) -> None:
     """Raise :class:`OSError` with a sentence when the configured output cannot be opened."""
     import sounddevice as sd

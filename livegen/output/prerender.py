@@ -11,6 +11,10 @@ In idle time the daemon renders :meth:`PrerenderCache.wanted` requests and store
 * Clips live in RAM up to ``memory_mb``; the least recently used spill to ``directory`` (as
   ``.npy`` + ``.json``) up to ``disk_mb``, and beyond that are dropped. Only files written by
   this cache are ever deleted.
+* Clips rendered ahead of a set (``livegen render``, :func:`write_kept`) lie in the same
+  directory under the same names, marked ``kept``: :meth:`PrerenderCache.scan` indexes them at
+  start; they are outside both budgets, read from disk when played, and never deleted (taking
+  one removes it from this run's index only, so the next start has the whole bank again).
 
 Thread-safe (one lock; nothing here runs in the audio callback).
 """
@@ -53,6 +57,60 @@ def cache_key(request: Request, default_bpm: float = 120.0) -> Key:
     return variation_key(request, default_bpm) + (request.seed,)
 
 
+def entry_name(key: Key) -> str:
+    """The file stem (``.npy`` + ``.json``) of the clip with cache key ``key``."""
+    return hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:24]
+
+
+def variation_seed(request: Request, n: int, default_bpm: float = 120.0) -> int:
+    """The seed of variation ``n`` (0-based) of ``request``: the daemon's idle pre-rendering and
+    ``livegen render`` derive the same seeds."""
+    return _derive_seed(variation_key(request, default_bpm), n)
+
+
+def _meta(clip: Clip, kept: bool) -> dict[str, Any]:
+    return {"request": clip.request.to_dict(), "sample_rate": clip.sample_rate, "seed": clip.seed,
+            "model": clip.model, "job_id": clip.job_id, "created": clip.created,
+            "render_seconds": clip.render_seconds, "kept": kept}
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def kept_path(directory: str | Path, request: Request, default_bpm: float = 120.0) -> Path:
+    """Where :func:`write_kept` puts the clip for ``request`` (its seed set); the ``.json`` beside
+    it is written last, so a clip is complete exactly when that file exists."""
+    return Path(directory) / f"{entry_name(cache_key(request, default_bpm))}.npy"
+
+
+def write_kept(directory: str | Path, request: Request, clip: Clip, default_bpm: float = 120.0) -> Path:
+    """Write ``clip`` (rendered for ``request``; its seed is the clip's) as a kept cache entry,
+    atomically: the audio, then the metadata (each to a temporary name, fsync'ed, renamed). A
+    process killed meanwhile leaves no entry (at most a hidden ``.part`` file or a lone ``.npy``,
+    which :meth:`PrerenderCache.scan` ignores and the next write replaces)."""
+    req = request.replace(seed=int(clip.seed))
+    path = kept_path(directory, req, default_bpm)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    audio = np.ascontiguousarray(clip.audio, dtype=np.float32)
+    _atomic_write(path, lambda f: np.save(f, audio, allow_pickle=False))
+    meta = _meta(dataclasses.replace(clip, request=req), kept=True)
+    _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode("utf-8")))
+    return path
+
+
 def _derive_seed(vkey: Key, n: int) -> int:
     h = hashlib.sha256(repr((vkey, n)).encode("utf-8")).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
@@ -65,6 +123,7 @@ class _Entry:
     clip: Clip | None  # None when spilled to disk
     nbytes: int
     file: Path | None = None
+    kept: bool = False  # written by `livegen render`: outside the budgets, never deleted
 
 
 class PrerenderCache:
@@ -78,6 +137,7 @@ class PrerenderCache:
         self.default_bpm = float(default_bpm)
         self._mem: collections.OrderedDict[Key, _Entry] = collections.OrderedDict()  # LRU first
         self._disk: collections.OrderedDict[Key, _Entry] = collections.OrderedDict()
+        self._kept: collections.OrderedDict[Key, _Entry] = collections.OrderedDict()
         self._mem_bytes = 0
         self._disk_bytes = 0
         self._targets: list[Request] = []
@@ -121,7 +181,7 @@ class PrerenderCache:
         with self._lock:
             if request.seed is not None:
                 key = cache_key(request, self.default_bpm)
-                entry = self._mem.get(key) or self._disk.get(key)
+                entry = self._mem.get(key) or self._disk.get(key) or self._kept.get(key)
                 if entry is None:
                     self.misses += 1
                     return None
@@ -134,7 +194,7 @@ class PrerenderCache:
                 self.hits += 1
                 return self._for(request, clip)
             vk = variation_key(request, self.default_bpm)
-            for store in (self._mem, self._disk):
+            for store in (self._mem, self._disk, self._kept):
                 for key, entry in store.items():
                     if entry.vkey == vk:
                         clip = self._load(entry)
@@ -174,27 +234,60 @@ class PrerenderCache:
     def __contains__(self, request: Request) -> bool:
         key = cache_key(request, self.default_bpm)
         with self._lock:
-            return key in self._mem or key in self._disk
+            return key in self._mem or key in self._disk or key in self._kept
 
     def __len__(self) -> int:
-        return len(self._mem) + len(self._disk)
+        return len(self._mem) + len(self._disk) + len(self._kept)
 
     def clear(self) -> None:
         with self._lock:
-            for key in list(self._mem) + list(self._disk):
+            for key in list(self._mem) + list(self._disk) + list(self._kept):
                 self._remove(key)
+
+    def scan(self) -> int:
+        """Index the kept clips in ``directory`` (written by ``livegen render``); returns how many.
+        Reads only the small ``.json`` files (the audio is read when a clip is played); a file
+        that is incomplete, unreadable or not named after its own key is skipped, never deleted.
+        Blocking: call it off the event loop."""
+        found: list[_Entry] = []
+        try:
+            metas = sorted(self.directory.glob("*.json"))
+        except OSError:
+            return 0
+        for meta_path in metas:
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                if not meta.get("kept"):
+                    continue
+                request = _request_from(meta["request"]).replace(seed=int(meta["seed"]))
+                npy = meta_path.with_suffix(".npy")
+                nbytes = npy.stat().st_size
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            key = cache_key(request, self.default_bpm)
+            if entry_name(key) != meta_path.stem:
+                continue
+            found.append(_Entry(key, variation_key(request, self.default_bpm), None, nbytes, npy, kept=True))
+        with self._lock:
+            for entry in found:
+                if entry.key not in self._mem and entry.key not in self._disk:
+                    self._kept[entry.key] = entry
+            counts = collections.Counter(e.vkey for e in self._kept.values())
+            for vk, n in counts.items():  # new variations get seeds after the kept ones'
+                self._generation[vk] = max(self._generation.get(vk, 0), n)
+            return len(found)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"memory_clips": len(self._mem), "memory_bytes": self._mem_bytes,
                     "disk_clips": len(self._disk), "disk_bytes": self._disk_bytes,
+                    "kept_clips": len(self._kept),
                     "hits": self.hits, "misses": self.misses, "evicted": self.evicted,
                     "targets": len(self._targets)}
 
     # ------------------------------------------------------------------ internals (lock held)
     def _count(self, vk: Key) -> int:
-        return sum(1 for e in self._mem.values() if e.vkey == vk) + sum(
-            1 for e in self._disk.values() if e.vkey == vk)
+        return sum(1 for store in (self._mem, self._disk, self._kept) for e in store.values() if e.vkey == vk)
 
     @staticmethod
     def _for(request: Request, clip: Clip) -> Clip:
@@ -208,6 +301,7 @@ class PrerenderCache:
         if entry is not None:
             self._disk_bytes -= entry.nbytes
             self._delete_files(entry)
+        self._kept.pop(key, None)  # a kept file stays on disk
 
     def _spill(self, entry: _Entry) -> None:
         if entry.nbytes > self.disk_budget or entry.clip is None:
@@ -219,14 +313,12 @@ class PrerenderCache:
             self._delete_files(old)
             self.evicted += 1
         clip = entry.clip
-        name = hashlib.sha256(repr(entry.key).encode("utf-8")).hexdigest()[:24]
+        name = entry_name(entry.key)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"{name}.npy"
             np.save(path, np.ascontiguousarray(clip.audio, dtype=np.float32), allow_pickle=False)
-            meta = {"request": clip.request.to_dict(), "sample_rate": clip.sample_rate, "seed": clip.seed,
-                    "model": clip.model, "job_id": clip.job_id, "created": clip.created,
-                    "render_seconds": clip.render_seconds}
+            meta = _meta(clip, kept=False)
             path.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
         except OSError:
             self.evicted += 1
@@ -246,9 +338,7 @@ class PrerenderCache:
             meta = json.loads(entry.file.with_suffix(".json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        rd = meta["request"]
-        rd["outputs"] = tuple(rd["outputs"])
-        return Clip(request=Request(**rd), audio=audio, sample_rate=int(meta["sample_rate"]),
+        return Clip(request=_request_from(meta["request"]), audio=audio, sample_rate=int(meta["sample_rate"]),
                     seed=int(meta["seed"]), model=meta["model"], job_id=int(meta["job_id"]),
                     created=float(meta["created"]), render_seconds=float(meta["render_seconds"]))
 
@@ -260,3 +350,11 @@ class PrerenderCache:
                     p.unlink()
                 except OSError:
                     pass
+
+
+def _request_from(d: dict[str, Any]) -> Request:
+    """A request from :meth:`Request.to_dict` (keys it does not know, e.g. ``source_job``, dropped)."""
+    names = {f.name for f in dataclasses.fields(Request)} - {"source"}
+    fields = {k: v for k, v in d.items() if k in names}
+    fields["outputs"] = tuple(fields.get("outputs") or ("play",))
+    return Request(**fields)
