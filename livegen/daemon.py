@@ -148,7 +148,9 @@ class Daemon:
         finally:
             await self._shutdown()
             self.watchdog.stop()
-            if fallback is not None:
+            # armed until the generation thread has ended: `livegen serve` joins it before the
+            # interpreter finalises, and the fallback bounds that wait after a signal
+            if fallback is not None and (self.worker is None or not self.worker.alive):
                 fallback.disarm()
         return self.exit_code
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from livegen.cli import UsageError
 
+SHUTDOWN_JOIN_SECONDS = 30.0  # the longest wait for the generation thread after the daemon stopped
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the MIDI/OSC-driven generation daemon")
@@ -134,11 +136,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("the settings or mappings ask for what the models cannot do:\n" + str(exc)) from None
     except OSError as exc:  # e.g. the OSC port is taken, the audio device cannot open
         raise UsageError(str(exc)) from None
-    # Everything is closed explicitly by now. Leave without interpreter teardown: the generation
-    # thread may still be inside a long MLX call, and tearing down native threads (MLX, rtmidi's
-    # JACK client, PortAudio) during finalisation intermittently aborted ("terminate called
-    # without an active exception").
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # Everything is closed explicitly by now and the generation thread (a normal thread) has been
+    # joined, so the interpreter finalises with no MLX work in flight. (It used to be a daemon
+    # thread, which CPython ends from under nanobind's noexcept GIL release inside ``mx.eval`` at
+    # finalisation: std::terminate, "terminate called without an active exception".) Should it
+    # still run (a cancelled step that has not returned yet), it is waited for here; the signal
+    # fallback (livegen.watchdog) stays armed meanwhile and bounds the wait.
+    if daemon.worker is not None and not daemon.worker.join(SHUTDOWN_JOIN_SECONDS):
+        logging.getLogger("livegen.daemon").warning("the generation thread did not end; exiting anyway")
+    return code

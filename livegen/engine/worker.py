@@ -80,6 +80,7 @@ class Job:
     submitted: float
     state: str = QUEUED
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    decoded: tuple[int, int] | None = None  # (pieces done, total) once the engine decodes
 
 
 RENDER_NICE = 10
@@ -207,7 +208,11 @@ class Worker:
         self._seq = itertools.count()
         self._stopping = False
         self._ready = False
-        self._thread = threading.Thread(target=self._run, name="livegen-generation", daemon=True)
+        # Not a daemon thread: it is joined at shutdown (``close``/``join``). A daemon thread still
+        # inside ``mx.eval`` when the interpreter finalises is ended by CPython from under
+        # nanobind's noexcept GIL release, and the process aborts (std::terminate); the running
+        # job is cancelled instead and polls its cancel between sampler steps and decode tiles.
+        self._thread = threading.Thread(target=self._run, name="livegen-generation", daemon=False)
         self._counts_lock = threading.Lock()
         self.counts = {"done": 0, "failed": 0, "cancelled": 0, "replaced": 0}
         self.last_render_seconds: float | None = None
@@ -315,8 +320,10 @@ class Worker:
     def stats(self) -> dict[str, Any]:
         with self._cond:
             running = self._running.id if self._running is not None else None
+            decoded = self._running.decoded if self._running is not None else None
             queued = len(self._queued)
         return {"queued": queued, "queue_size": self._options.queue_size, "running": running,
+                "decoding": list(decoded) if decoded is not None else None,
                 "ready": self._ready, **self.counts,
                 "last_render_seconds": self.last_render_seconds}
 
@@ -339,6 +346,16 @@ class Worker:
             return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the generation thread to end (after ``close``); True when it has."""
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _count(self, name: str) -> None:
         with self._counts_lock:
@@ -438,6 +455,11 @@ class Worker:
         def cancel() -> bool:
             return job.cancel_event.is_set()
 
+        def decode_progress(done: int, total: int) -> None:
+            if job.decoded is None:
+                log.info("job %d decoding (%d pieces)", job.id, total)
+            job.decoded = (int(done), int(total))
+
         try:
             sr = int(engine.sample_rate)
             fade = max(1, int(round(self._options.fade_seconds * sr)))
@@ -454,6 +476,8 @@ class Worker:
                                      self._options.model_kwargs.get(model))
             if job.cancel_event.is_set():
                 raise Cancelled("cancelled before it started")
+            if "decode_progress" in inspect.signature(engine.generate).parameters:
+                kwargs["decode_progress"] = decode_progress
             audio = engine.generate(request.prompt, progress=progress, cancel=cancel, **kwargs)
             if job.cancel_event.is_set():
                 raise Cancelled("cancelled while running")
