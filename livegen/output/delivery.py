@@ -24,6 +24,7 @@ import numpy as np
 
 from livegen import musical
 from livegen.control import osc_verbs as verbs
+from livegen.output.stream_delivery import StreamDelivery, StreamStats, supports_streaming
 from livegen.replies import Replies
 from livegen.request import Clip, Request
 
@@ -51,15 +52,53 @@ class Delivery:
         self._write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="livegen-write")
         self._pending: set[asyncio.Future] = set()
         self.on_playing: Callable[[int], None] | None = None  # a slot's clip was scheduled (on the loop)
+        self.stream = True  # audio.stream: uncached play requests sound while generated (stream_delivery)
+        self.streams: dict[int, StreamDelivery] = {}  # job id -> its sink, until DONE or the job ends
+        self.stream_stats = StreamStats()
+        self._unslotted = 0
 
     # ---- loop side ----------------------------------------------------------------------
+    def open_stream(self, request: Request, model_key: str = "") -> StreamDelivery | None:
+        """A sink that plays ``request`` while it is generated, or None when it should not stream
+        (audio.stream off, a player that cannot, no play output); register it with ``streaming``."""
+        if not (self.stream and "play" in request.outputs and supports_streaming(self.player)) or self._stopping():
+            return None
+        if request.action == "extend":  # joins the slot's clip at its end frame: the buffered path
+            return None
+        slot = request.slot
+        if slot is None:
+            self._unslotted += 1
+            slot = UNSLOTTED_BASE + self._unslotted % max(1, self.voices)
+        loop = asyncio.get_running_loop()
+
+        def started(s: int, frame: int) -> None:  # on the generation thread
+            if self.on_playing is not None:
+                loop.call_soon_threadsafe(self.on_playing, s)
+
+        return StreamDelivery(self.player, slot, request, self.stream_stats, on_start=started, model_key=model_key)
+
+    def streaming(self, job: int, sink: StreamDelivery) -> None:
+        sink.job_id = job
+        self.streams[job] = sink
+
+    def forget_stream(self, job: int | None) -> None:
+        """The job ended without a clip (cancelled, replaced, failed): its sink is gone."""
+        if job is not None:
+            self.streams.pop(job, None)
+
     def deliver(self, clip: Clip) -> None:
         request = clip.request
         loop = asyncio.get_running_loop()
         if request.slot is not None:
             self.slot_sources[request.slot] = musical.SlotSource(clip.audio, clip.sample_rate, request, clip.model,
                                                                  clip.seed, clip.job_id)
-        if "play" in request.outputs and self.player is not None and not self._stopping():
+        sink = self.streams.pop(clip.job_id, None)
+        if sink is not None and (sink.ok or sink.stopped):  # it sounded while generated (or was stopped)
+            if sink.ok and sink.audio is not None:
+                if request.slot is not None:
+                    self.slot_clips[request.slot] = (sink.audio, request)  # what played, for re-triggers
+                self.clips_played += 1
+        elif "play" in request.outputs and self.player is not None and not self._stopping():
             slot = request.slot if request.slot is not None else UNSLOTTED_BASE + clip.job_id % max(1, self.voices)
             epoch = self.slot_epochs.get(slot, 0)
             fut = loop.run_in_executor(self._play_pool, self._prepare_and_play, slot, clip, epoch)
@@ -97,6 +136,9 @@ class Delivery:
             slots += [UNSLOTTED_BASE + i for i in range(self.voices)]
         for s in set(slots):
             self.slot_epochs[s] = self.slot_epochs.get(s, 0) + 1
+        for sink in list(self.streams.values()):  # streams sounding or about to: silent now
+            if slot is None or sink.slot == slot:
+                sink.stop()
         if self.player is not None:
             self.player.stop_slot(slot)
 

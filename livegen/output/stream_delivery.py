@@ -1,0 +1,370 @@
+"""The daemon's streaming sink: a job's chunks into a player voice while the job is generated.
+
+:class:`StreamDelivery` is the :class:`~livegen.output.stream_sink.ChunkSink` the daemon gives an
+uncached play request. Its methods run on the thread that produces the chunks (the generation
+thread); the event loop only creates it, asks for its stats and stops it.
+
+- **Resampling** is chunk-wise with ``soxr.ResampleStream`` (very high quality, the same filter as
+  :func:`livegen.audio_io.resample`): its output continues exactly across chunks and equals the
+  one-shot resample of the whole clip. The frames written are kept: they are the slot's clip for a
+  re-trigger and a loop's buffer, so what sounds again is what sounded.
+- **When it starts**: at the first launch point of the request (``now``/``beat``/``bar``) that the
+  stream can fill without running dry. The production rate (model frames per second of wall time)
+  is measured between the first chunks (or taken from the last streams of the same model, so a
+  warm daemon decides on the first chunk); with ``r`` that rate, ``n`` the frames still to come and
+  ``N`` the clip, the voice must start ``max(0, SAFETY * n / r - N / rate) + MARGIN_SECONDS``
+  from now at the earliest. If the estimate misses, the voice plays silence until data arrives
+  (the player's StreamVoice counts each miss) and the misses are in ``stats()``.
+- **Loops**: the first pass is the stream; at its end the finished clip is written once more after
+  it (and a little of its head), and a looping buffer voice is scheduled on the frame where that
+  next pass begins. The player crossfades the stream voice out and the loop in over its fade, with
+  the same samples on both sides (equal-gain ramps), so the seam is exact.
+- **Stop**: ``stop()`` (event loop) silences the slot through the player at once (within one period
+  plus the fade) and makes every later call a no-op; the daemon cancels the job.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from livegen import tempo as tempo_mod
+from livegen.audio_io import match_channels, resampled_length
+
+log = logging.getLogger("livegen.stream")
+
+SAFETY = 1.25  # production is assumed this much slower than measured
+MARGIN_SECONDS = 0.05  # plus this much of lead (scheduling jitter, one GIL stall)
+HEAD_SECONDS = 0.05  # a loop's stream carries this much of the next pass's head past the switch
+
+
+@dataclass
+class StreamStats:
+    """Counters over all streams of a daemon (``/livegen/status`` -> ``streaming``)."""
+
+    streams: int = 0
+    started: int = 0
+    finished: int = 0
+    stopped: int = 0
+    failed: int = 0
+    misses: int = 0  # the voices' misses (it would have run dry), summed when each voice ends
+    last_lead_seconds: float | None = None  # the lead chosen for the last stream
+    last_first_chunk_seconds: float | None = None  # begin -> first chunk of the last stream
+    rates: dict[str, float] = field(default_factory=dict)  # model -> measured frames/s (model rate)
+    live: list[Any] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        live_misses = sum(int(getattr(s.voice, "misses", 0) or 0) for s in self.live if s.voice is not None)
+        return {"streams": self.streams, "started": self.started, "finished": self.finished,
+                "stopped": self.stopped, "failed": self.failed, "misses": self.misses + live_misses,
+                "active": len(self.live), "last_lead_seconds": self.last_lead_seconds,
+                "last_first_chunk_seconds": self.last_first_chunk_seconds,
+                "rates": {k: round(v, 1) for k, v in self.rates.items()}}
+
+
+def lead_seconds(rate: float, remaining: int, total: int, sample_rate: int) -> float:
+    """Seconds from now after which a clip of ``total`` frames (``sample_rate``), of which
+    ``remaining`` are still to be produced at ``rate`` frames/s, plays without running dry."""
+    if remaining <= 0:
+        return MARGIN_SECONDS
+    if not rate > 0:
+        return math.inf
+    return max(0.0, SAFETY * remaining / rate - total / float(sample_rate)) + MARGIN_SECONDS
+
+
+def launch_at_or_after(player: Any, frame: int, launch: str) -> int:
+    """The first ``launch`` point (now/beat/bar of the player's grid) at or after ``frame``."""
+    frame = max(int(frame), int(player.frame) + _block(player))
+    if launch not in ("beat", "bar"):
+        return frame
+    bpb = int(getattr(player, "beats_per_bar", None) or getattr(player, "_beats_per_bar", 4))
+    return tempo_mod.next_launch_frame(frame, launch, float(player.bpm), bpb, int(player.sample_rate),
+                                       int(getattr(player, "origin", 0)))
+
+
+def _block(player: Any) -> int:
+    settings = getattr(player, "settings", None)
+    return max(1, int(getattr(settings, "blocksize", 256) or 256))
+
+
+class _RingVoice:
+    """TEMPORARY adapter: the StreamVoice contract over the reference Player's mixer ring voices,
+    for a player without ``open_stream`` (remove once every player has it). The ring is sized for
+    the whole stream, so ``write`` never waits; a miss is a ring underflow (silence, counted)."""
+
+    def __init__(self, player: Any, slot: int, gain: float, capacity_frames: int) -> None:
+        from livegen.output.ringbuffer import RingBuffer
+
+        self._player = player
+        self._slot = slot
+        self._gain = gain
+        self._ring = RingBuffer(int(player.channels), max(1, int(capacity_frames)))
+        self._pending: list[np.ndarray] = []
+        self._started = False
+        self._closed = False
+
+    def write(self, chunk: np.ndarray) -> None:
+        self._pending.append(np.ascontiguousarray(chunk, dtype=np.float32))
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._pending:
+            head = self._pending[0]
+            n = self._ring.write(head)
+            if n < head.shape[1]:
+                self._pending[0] = head[:, n:]
+                return
+            self._pending.pop(0)
+
+    def start(self, launch: str = "now", at_frame: int | None = None) -> int:
+        frame = int(at_frame) if at_frame is not None else int(self._player.launch_frame(launch))
+        lock = getattr(self._player, "_lock", None) or threading.Lock()
+        with lock:
+            self._player.mixer.stream(self._slot, self._ring, frame, self._gain)
+        self._started = True
+        return frame
+
+    def close(self) -> None:
+        self._flush()
+        self._ring.close()
+        self._closed = True
+
+    def cancel(self) -> None:
+        self._pending.clear()
+        self._ring.close()
+        self._player.stop_slot(self._slot)
+
+    @property
+    def buffered_frames(self) -> int:
+        return self._ring.available() + sum(p.shape[1] for p in self._pending)
+
+    @property
+    def misses(self) -> int:
+        return self._ring.underflows
+
+
+def open_voice(player: Any, slot: int, gain: float, capacity_frames: int) -> Any:
+    if hasattr(player, "open_stream"):
+        return player.open_stream(slot, gain=gain, capacity_frames=int(capacity_frames))
+    return _RingVoice(player, slot, gain, capacity_frames)
+
+
+def supports_streaming(player: Any) -> bool:
+    return player is not None and (hasattr(player, "open_stream") or hasattr(player, "mixer"))
+
+
+class StreamDelivery:
+    """The ChunkSink for one job (see the module docstring)."""
+
+    def __init__(self, player: Any, slot: int, request: Any, stats: StreamStats,
+                 on_start: Callable[[int, int], None] | None = None, model_key: str = "",
+                 chunk_options: dict[str, Any] | None = None) -> None:
+        self.player = player
+        self.slot = int(slot)
+        self.request = request
+        self.stats = stats
+        self.on_start = on_start  # (slot, start frame), called on the producer thread
+        self.model_key = model_key or str(getattr(request, "model", ""))
+        self.chunk_options = chunk_options or {}
+        self.voice: Any = None
+        self.job_id: int | None = None
+        self.start_frame: int | None = None
+        self.audio: np.ndarray | None = None  # at the player's rate, once ended ok: what played
+        self.ok: bool | None = None
+        self.first_chunk_at: float | None = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._resampler: Any = None
+        self._in_rate = 0
+        self._total_in = 0
+        self._total_out = 0
+        self._written_in = 0
+        self._written_out = 0
+        self._times: list[tuple[float, int]] = []  # (monotonic, frames in) at each write
+        self._chunks: list[np.ndarray] = []
+        self._t_begin = 0.0
+        stats.streams += 1
+
+    # ---- loop side ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Silence now and drop everything that still comes (called on the event loop)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.stats.stopped += 1
+        self.player.stop_slot(self.slot)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    @property
+    def started(self) -> bool:
+        return self.start_frame is not None
+
+    # ---- producer thread: the ChunkSink ---------------------------------------------------
+    def begin(self, sample_rate: int, total_frames: int) -> None:
+        self._t_begin = time.monotonic()
+        self._in_rate = int(sample_rate)
+        self._total_in = int(total_frames)
+        out_rate = int(self.player.sample_rate)
+        self._total_out = resampled_length(self._total_in, self._in_rate, out_rate)
+        if self._in_rate != out_rate:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(self._in_rate, out_rate, int(self.player.channels),
+                                                  dtype="float32", quality="VHQ")
+        n = self._total_out
+        head = min(n, int(HEAD_SECONDS * out_rate))
+        capacity = (3 * n + head if self.request.loop else n) + 4 * _block(self.player)
+        if self._stopped.is_set():
+            return
+        self.voice = open_voice(self.player, self.slot, float(self.request.gain), capacity)
+        self.stats.live.append(self)
+
+    def write(self, chunk: np.ndarray) -> None:
+        if self._stopped.is_set() or self.voice is None:
+            return
+        now = time.monotonic()
+        if self.first_chunk_at is None:
+            self.first_chunk_at = now
+            self.stats.last_first_chunk_seconds = now - self._t_begin
+        x = match_channels(np.asarray(chunk, dtype=np.float32), int(self.player.channels))
+        self._written_in += x.shape[1]
+        self._times.append((now, self._written_in))
+        last = self._written_in >= self._total_in
+        out = self._resample(x, last)
+        self._push(out)
+        if not self.started:
+            self._maybe_start(now, final=last)
+
+    def end(self, ok: bool) -> None:
+        voice = self.voice
+        if voice is None:
+            self.ok = False
+            return
+        try:
+            if not ok or self._stopped.is_set():
+                self.ok = False
+                if not ok:
+                    self.stats.failed += 1
+                voice.cancel()
+                return
+            if self._written_in < self._total_in:  # the producer wrote fewer frames than announced
+                self._push(self._resample(np.zeros((int(self.player.channels), 0), np.float32), True))
+            audio = np.concatenate(self._chunks, axis=1) if self._chunks else np.zeros(
+                (int(self.player.channels), 0), np.float32)
+            audio = _fit(audio, self._total_out)
+            if audio.shape[1] > self._written_out:  # padding of a short stream
+                voice.write(audio[:, self._written_out:])
+            self.audio = audio
+            self._remember_rate()
+            if not self.started:
+                self._start(launch_at_or_after(self.player, self.player.launch_frame(self.request.launch),
+                                               self.request.launch), 0.0)
+            if self.request.loop and audio.shape[1] > 0:
+                self._continue_loop(voice, audio)
+            voice.close()
+            self.ok = True
+            self.stats.finished += 1
+        finally:
+            if self in self.stats.live:
+                self.stats.live.remove(self)
+            self.stats.misses += int(getattr(voice, "misses", 0) or 0)
+
+    # ---- internals ------------------------------------------------------------------------
+    def _resample(self, x: np.ndarray, last: bool) -> np.ndarray:
+        if self._resampler is None:
+            return x
+        out = self._resampler.resample_chunk(np.ascontiguousarray(x.T), last=last)
+        return np.ascontiguousarray(out.T)
+
+    def _push(self, out: np.ndarray) -> None:
+        room = self._total_out - self._written_out
+        out = out[:, :max(0, room)]
+        if out.shape[1] == 0:
+            return
+        self._chunks.append(out)
+        self._written_out += out.shape[1]
+        self.voice.write(out)
+
+    def _measured_rate(self) -> float | None:
+        if len(self._times) < 2:
+            return None
+        (t0, w0), (t1, w1) = self._times[0], self._times[-1]
+        return (w1 - w0) / (t1 - t0) if t1 > t0 else math.inf
+
+    def _maybe_start(self, now: float, final: bool) -> None:
+        remaining = self._total_in - self._written_in
+        rate = self._measured_rate()
+        if rate is None:
+            rate = self.stats.rates.get(self.model_key)
+        if not final and rate is None:
+            return  # the first chunk of a model never streamed before: measure on the next one
+        lead = lead_seconds(rate or math.inf, remaining, self._total_in, self._in_rate)
+        if not math.isfinite(lead):
+            return
+        frame = int(self.player.frame) + int(math.ceil(lead * int(self.player.sample_rate)))
+        self._start(launch_at_or_after(self.player, frame, self.request.launch), lead)
+
+    def _start(self, frame: int, lead: float) -> None:
+        if self._stopped.is_set():
+            return
+        self.start_frame = int(self.voice.start(self.request.launch, at_frame=int(frame)))
+        self.stats.started += 1
+        self.stats.last_lead_seconds = lead
+        if self.on_start is not None:
+            self.on_start(self.slot, self.start_frame)
+
+    def _remember_rate(self) -> None:
+        rate = self._measured_rate()
+        if rate is not None and math.isfinite(rate) and rate > 0:
+            old = self.stats.rates.get(self.model_key)
+            self.stats.rates[self.model_key] = rate if old is None else 0.5 * (old + rate)
+
+    def _continue_loop(self, voice: Any, audio: np.ndarray) -> None:
+        """Write the next pass(es) after the stream and hand the loop to a buffer voice on the frame
+        where a pass begins (the player crossfades identical samples: an exact seam)."""
+        n = audio.shape[1]
+        start = int(self.start_frame or 0)
+        guard = int(self.player.frame) + 4 * _block(self.player)
+        k = 1
+        while start + k * n < guard and k < 2:
+            k += 1
+        for _ in range(k - 1):
+            voice.write(audio)
+        head = min(n, int(HEAD_SECONDS * int(self.player.sample_rate)))
+        voice.write(audio[:, :head])
+        at = start + k * n
+        if at < guard:
+            log.info("slot %d: the loop's buffer comes %d frames late; it starts on the next pass",
+                     self.slot, guard - at)
+            at = start + ((guard - start) // n + 1) * n
+        schedule_at(self.player, self.slot, audio, float(self.request.gain), at)
+
+
+def schedule_at(player: Any, slot: int, audio: np.ndarray, gain: float, frame: int) -> int:
+    """A looping buffer voice in ``slot`` from ``frame`` (audio at the player's rate)."""
+    if "at_frame" in inspect.signature(player.schedule).parameters:
+        return int(player.schedule(slot, audio, loop=True, gain=gain, launch="now", at_frame=int(frame)))
+    # TEMPORARY (reference Player without at_frame): the mixer command directly
+    buf = player.mixer.prepare(audio)
+    lock = getattr(player, "_lock", None) or threading.Lock()
+    with lock:
+        player.mixer.schedule(slot, buf, int(frame), loop=True, gain=gain)
+    return int(frame)
+
+
+def _fit(audio: np.ndarray, frames: int) -> np.ndarray:
+    have = audio.shape[1]
+    if have >= frames:
+        return np.ascontiguousarray(audio[:, :frames])
+    return np.pad(audio, ((0, 0), (0, frames - have)))
