@@ -1,8 +1,9 @@
 """Musical actions on what is playing (``extend``, ``vary``) and the ``key``/``scale`` parameters.
 
 - **extend** a slot: MusicGen continues the slot's clip. The tail of the clip (at most
-  :data:`EXTEND_CONTEXT_SECONDS`, within the model's window, cut to whole codec frames so the
-  continuation starts exactly where the clip ends) is the decoder's audio prompt; only the
+  :data:`EXTEND_CONTEXT_SECONDS`, and what fits in the model's trained window before the
+  continuation but at least half that window, cut to whole codec frames so the continuation
+  starts exactly where the clip ends) is the decoder's audio prompt; only the
   continuation is returned. It is scheduled on the player at the frame where the slot's current
   clip ends (``Player.slot_end_frame``; a looping clip: its next loop end), so the two join with
   no gap and no overlap. A render that arrives after a one-shot clip has ended (or too close to its
@@ -22,6 +23,7 @@ The audio preparation runs on the generation thread (:func:`source_kwargs`), nev
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -116,8 +118,11 @@ class SlotSource:
 
         audio = self.audio
         if last_frames is not None:
-            src = min(self.frames, int(np.ceil(last_frames * self.sample_rate / rate)) + 64)  # + filter margin
-            audio = audio[:, self.frames - src:]
+            # start on a frame that falls on the new rate's grid (a multiple of sr / gcd): the tail is
+            # then exactly the end of the whole clip resampled; 512 frames more for the filter's edge
+            step = self.sample_rate // math.gcd(self.sample_rate, int(rate))
+            need = int(np.ceil(last_frames * self.sample_rate / rate)) + 512
+            audio = audio[:, max(0, (self.frames - need) // step * step):]
         out = resample(audio, self.sample_rate, int(rate)) if int(rate) != self.sample_rate else audio
         if last_frames is not None:
             out = out[:, max(0, out.shape[1] - int(last_frames)):]
@@ -136,12 +141,14 @@ def source_kwargs(engine: Any, request: Request, seconds: float) -> dict[str, An
         return {"init_audio": src.at_rate(rate), "init_strength": request.strength}
     hop = int(getattr(engine, "hop_length", 1) or 1)
     window = getattr(engine, "max_seconds", None)
-    context = EXTEND_CONTEXT_SECONDS if window is None else min(EXTEND_CONTEXT_SECONDS, float(window) - seconds)
+    context = EXTEND_CONTEXT_SECONDS
+    if window is not None:  # what fits in the trained window before the continuation, at least half of it
+        context = min(context, max(float(window) - seconds, float(window) / 2))
     have = int(round(src.seconds * rate))
     frames = min(have, int(context * rate)) // hop * hop  # whole codec frames: the continuation starts at the end
     if frames < hop:
-        raise RequestError(f"Nothing of slot {request.slot}'s clip fits before a {seconds:.2f} s continuation in "
-                           f"the model's {float(window or 0):.2f} s window; extend by less.")
+        raise RequestError(f"Slot {request.slot}'s clip is shorter than one codec frame of the model "
+                           f"({hop / rate * 1000:.0f} ms); there is nothing to continue.")
     return {"audio_prompt": src.at_rate(rate, frames)}
 
 
