@@ -186,9 +186,14 @@ class SurfaceState:
             return 0
         return cache.ready(request)
 
-    def pad_views(self) -> list[dict[str, Any]]:
+    def pad_views(self, player: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         d = self.daemon
-        playing = set(d.player.stats().get("slots_playing", [])) if d.player is not None else set()
+        if player is None:
+            player = d.player.stats() if d.player is not None else {}
+        playing = set(player.get("slots_playing", []))
+        levels = player.get("slot_levels") or {}  # {slot: peak of the last ~50 ms}, where the player has it
+        places = player.get("slot_positions") or {}  # {slot: [frame in the clip, its length]}
+        rate = float(getattr(d.player, "sample_rate", 0) or 0)
         queued = sorted((j for j in self.jobs.values() if not j.rendering), key=lambda j: (-j.priority, j.id))
         position = {j.slot: n for n, j in reversed(list(enumerate(queued, 1)))}
         rendering = {j.slot: j for j in self.jobs.values() if j.rendering}
@@ -211,7 +216,8 @@ class SurfaceState:
                         "bank_prompt": pad.bank_prompt, "state": state, "playing": s in playing,
                         "position": position.get(s, 0), "step": job.step if job else 0,
                         "total": job.total if job else 0, "variations": variations,
-                        "has_clip": s in d.delivery.slot_clips})
+                        "has_clip": s in d.delivery.slot_clips, **_meter(s in playing, levels.get(s),
+                                                                          places.get(s), rate)})
         return out
 
     # ---- parameters ----------------------------------------------------------------------
@@ -237,10 +243,11 @@ class SurfaceState:
         }
 
     # ---- the snapshot --------------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
+    def health(self, st: dict[str, Any] | None = None) -> dict[str, Any]:
         d = self.daemon
         w = d.worker.stats() if d.worker is not None else {}
-        st = d.player.stats() if d.player is not None else {}
+        if st is None:
+            st = d.player.stats() if d.player is not None else {}
         models = []
         for name, caps in sorted(d.session.limits.models.items()):
             models.append({"name": name, "engine": caps.engine.value, "sample_rate": caps.sample_rate,
@@ -248,24 +255,61 @@ class SurfaceState:
         return {"ready": d.ready_at is not None, "models": models, "backend": self.backend,
                 "queued": int(w.get("queued", 0)), "running": w.get("running"), "done": int(w.get("done", 0)),
                 "failed": int(w.get("failed", 0)), "underflows": int(st.get("underflows", 0)),
-                "refused": int(d.refused), "clips_played": d.delivery.clips_played,
+                "xruns": int(st.get("xruns", st.get("underflows", 0))),
+                "last_underflow": _wall_time(st.get("last_underflow_time")), "stalled": bool(st.get("stalled")),
+                "audio_backend": st.get("backend"), "refused": int(d.refused), "dropped": self.dropped(),
+                "feedback": d.feedback.stats() if getattr(d, "feedback", None) is not None else None,
+                "clips_played": d.delivery.clips_played,
                 "files_written": d.delivery.files_written, "warnings": list(self.log_ring.records)[::-1],
                 "warnings_total": self.log_ring.count}
 
+    def dropped(self) -> dict[str, int]:
+        """Messages that never reached the session: OSC that did not parse or came from a sender
+        outside the allow-list, MIDI that was malformed or not understood."""
+        d = self.daemon
+        osc = d.osc.stats() if d.osc is not None else {}
+        return {"osc_malformed": int(osc.get("malformed", 0)), "osc_rejected": int(osc.get("rejected", 0)),
+                "midi_discarded": int(getattr(d.midi, "discarded", 0)) if d.midi is not None else 0}
+
     def snapshot(self) -> dict[str, Any]:
         session = self.daemon.session
+        player = self.daemon.player.stats() if self.daemon.player is not None else {}
         mapper = session.mapper
         return {
             "type": "state",
             "mapping": ", ".join(mapper.names),
             "bank": session.state.bank,
             "banks": [b.name for b in mapper.banks],
-            "pads": self.pad_views(),
+            "pads": self.pad_views(player),
             "params": self.params(),
             "controls": self.controls(),
             "clips": [asdict(c) for c in self.clips],
-            "health": self.health(),
+            "health": self.health(player),
         }
+
+
+def _meter(playing: bool, level: float | None, place: list[int] | None, rate: float) -> dict[str, Any]:
+    """A playing pad's level (0..1, two decimals) and place in its clip (seconds, and the fraction);
+    None where the player does not report them."""
+    if not playing:
+        return {"level": None, "loop_pos": None, "loop_len": None, "loop_frac": None}
+    out: dict[str, Any] = {"level": round(min(1.0, float(level)), 2) if level is not None else None,
+                           "loop_pos": None, "loop_len": None, "loop_frac": None}
+    if place and len(place) == 2 and rate > 0:
+        pos, length = int(place[0]), int(place[1])
+        out.update(loop_pos=round(pos / rate, 1), loop_len=round(length / rate, 2),
+                   loop_frac=round(min(1.0, pos / length), 2) if length > 0 else None)
+    return out
+
+
+_WALL_OFFSET = time.time() - time.monotonic()  # one offset: the same instant always gives the same text
+
+
+def _wall_time(t_monotonic: float | None) -> float | None:
+    """A monotonic time as Unix time (what the page shows), None stays None."""
+    if t_monotonic is None:
+        return None
+    return round(_WALL_OFFSET + float(t_monotonic), 3)
 
 
 def is_done_reply(address: str, args: tuple) -> bool:

@@ -147,7 +147,8 @@ class Daemon:
 def write_settings(path: Path, model: dict, port: int, status_port: int, folder: Path | None,
                    mapping: Path, audio: bool = True, midi: bool = True, midi_port: str = MIDI_PORT,
                    prerender: bool = False, musicgen: bool = False, finish_running_on_shutdown: bool = False,
-                   midi_connect: list[str] | None = None, web_port: int | None = None) -> None:
+                   midi_connect: list[str] | None = None, web_port: int | None = None,
+                   web_host: str | None = None) -> None:
     lines = [
         "models:",
         "  default:",
@@ -180,13 +181,16 @@ def write_settings(path: Path, model: dict, port: int, status_port: int, folder:
         lines += ["prerender:", "  enabled: true", "  variations: 1", "  memory_mb: 16"]
     # the browser surface only where a test asks for it (on a port of its own)
     lines += ["web:", f"  port: {web_port}"] if web_port else ["web:", "  enabled: false"]
+    if web_port and web_host:
+        lines.append(f"  host: {web_host}")
     path.write_text("\n".join(lines) + "\n")
 
 
 def start_daemon(tmp: Path, model: dict, audio: bool = True, midi: bool = True,
                  folder: bool = True, midi_port: str = MIDI_PORT, prerender: bool = False,
                  musicgen: bool = False, mapping_text: str = MAPPING, finish_running_on_shutdown: bool = False,
-                 midi_connect: list[str] | None = None, web_port: int | None = None) -> Daemon:
+                 midi_connect: list[str] | None = None, web_port: int | None = None,
+                 web_host: str | None = None) -> Daemon:
     tmp.mkdir(parents=True, exist_ok=True)
     daw = tmp / "daw"
     daw.mkdir(exist_ok=True)
@@ -196,7 +200,8 @@ def start_daemon(tmp: Path, model: dict, audio: bool = True, midi: bool = True,
     port = free_port()
     config = tmp / "livegen.yaml"
     write_settings(config, model, port, status.port, daw if folder else None, mapping, audio, midi, midi_port,
-                   prerender, musicgen, finish_running_on_shutdown, midi_connect, web_port=web_port)
+                   prerender, musicgen, finish_running_on_shutdown, midi_connect, web_port=web_port,
+                   web_host=web_host)
     env = dict(os.environ, JACK_NO_START_SERVER="1", PYTHONUNBUFFERED="1",
                LIVEGEN_CACHE=str(model["cache"]), PYTHONPATH=str(REPO))
     log = tmp / "daemon.log"

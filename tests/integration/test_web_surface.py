@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -158,6 +159,16 @@ def test_pad_click_shows_queued_rendering_playing_and_the_clip(page, web_daemon)
     expect(page.locator("#pad-0")).to_have_attribute("data-state", "playing", timeout=20_000)
     seen = page.evaluate("window.seenStates")
     assert is_subsequence(["idle", "queued", "rendering", "playing"], seen), seen
+    # while it plays: a level meter that moves with the clip, and the place in the loop
+    meter = page.locator("#pad-0 .meter")
+    expect(meter).to_be_visible()
+    expect(page.locator("#pad-0 .status")).to_have_text(re.compile(r"^playing \d+\.\d / 0\.3 s$"))
+    levels, places = set(), set()
+    for _ in range(25):
+        levels.add(float(meter.get_attribute("data-level")))
+        places.add(page.locator("#pad-0 .status").text_content())
+        page.wait_for_timeout(100)
+    assert max(levels) > 0 and len(places) >= 2, (levels, places)
     page.screenshot(path=str(Path(web_daemon.folder).parent / "surface.png"))  # docs/web-surface.png is one
     name = Path(done.params[1]).name
     clip = page.locator("#clips li").first
@@ -177,6 +188,7 @@ def test_pad_click_shows_queued_rendering_playing_and_the_clip(page, web_daemon)
     assert "attachment" in resp.getheader("Content-Disposition", "")
     long_press(page, "#pad-0")  # a long press stops the looping pad
     expect(page.locator("#pad-0")).to_have_attribute("data-state", "idle", timeout=10_000)
+    expect(meter).to_be_hidden()
     web_daemon.status.wait("/livegen/ack", mark, timeout=10, where=lambda p: p[1] == "stopped slot 0")
 
 
@@ -209,6 +221,24 @@ def test_a_slider_in_the_page_is_echoed_to_osc_subscribers(page, web_daemon):
         expect(page.locator("#param-launch")).to_have_value("now", timeout=10_000)
     finally:
         sub.close()
+
+
+def test_health_shows_xruns_underflows_and_dropped_messages(page, web_daemon):
+    from playwright.sync_api import expect
+
+    expect(page.locator("#health-xruns")).to_have_text(re.compile(r"^\d+$"))
+    expect(page.locator("#health-underflows")).to_have_text(re.compile(r"^\d+$"))
+    expect(page.locator("#health-last-underflow")).to_have_text(re.compile(r"^(never|\d{1,2}:\d\d:\d\d.*)$"))
+    expect(page.locator("#health-feedback")).to_have_text("no feedback section")  # MIDI on, nothing to light
+    dropped = page.locator("#health-dropped-messages")
+    malformed = int(re.search(r"OSC malformed (\d+)", dropped.text_content()).group(1))
+    sender = OscClient()
+    try:
+        sender.send_raw(web_daemon.port, b"/livegen/set\x00\x00\x00\x00,i")  # cut short: does not parse
+        sender.send_raw(web_daemon.port, b"not osc at all")
+    finally:
+        sender.close()
+    expect(dropped).to_contain_text(f"OSC malformed {malformed + 2}", timeout=10_000)
 
 
 def changed_lines(a: str, b: str) -> list[int]:

@@ -49,7 +49,10 @@ function padStatus(p) {
   if (p.state === "queued") return `queued #${p.position}`;
   if (p.state === "rendering") return p.total ? `rendering ${p.step}/${p.total}` : "rendering";
   if (p.state === "cached") return `cached ×${p.variations}`;
-  if (p.state === "playing") return "playing";
+  if (p.state === "playing") {
+    const at = p.loop_pos !== null && p.loop_pos !== undefined ? ` ${p.loop_pos.toFixed(1)} / ${p.loop_len.toFixed(1)} s` : "";
+    return `playing${at}${p.variations ? ` · ×${p.variations}` : ""}`;
+  }
   return "idle";
 }
 
@@ -63,7 +66,7 @@ function buildPads(pads) {
     b.setAttribute("role", "button");
     b.tabIndex = 0;
     b.innerHTML = '<span class="num"></span><span class="prompt"></span><span class="status"></span>' +
-                  '<span class="bar"></span>';
+                  '<span class="bar"></span><span class="meter"><span class="level"></span></span>';
     let timer = null;
     let long = false;
     b.addEventListener("pointerdown", (ev) => {
@@ -105,7 +108,15 @@ function renderPads(s) {
     b.querySelector(".num").textContent = p.note === null ? `pad ${p.index + 1}` : `pad ${p.index + 1} · note ${p.note}`;
     b.querySelector(".prompt").textContent = p.bank_prompt !== null ? p.bank_prompt : p.prompt;
     b.querySelector(".status").textContent = padStatus(p);
-    b.querySelector(".bar").style.width = p.state === "rendering" && p.total ? `${100 * p.step / p.total}%` : "0";
+    // the bottom bar: render progress, then the place in the playing clip (its loop)
+    const frac = p.state === "rendering" && p.total ? p.step / p.total :
+                 p.state === "playing" && p.loop_frac !== null && p.loop_frac !== undefined ? p.loop_frac : 0;
+    b.querySelector(".bar").style.width = `${100 * frac}%`;
+    const level = p.playing && p.level !== null && p.level !== undefined ? p.level : 0;
+    const meter = b.querySelector(".meter");
+    meter.hidden = !p.playing || p.level === null || p.level === undefined;
+    meter.dataset.level = String(level);
+    b.querySelector(".level").style.height = `${100 * level}%`;
     b.title = p.prompt;
   }
 }
@@ -248,14 +259,20 @@ function renderHealth(s) {
     ["queue", `${h.queued} queued${h.running !== null && h.running !== undefined ? `, job ${h.running} rendering` : ""}`],
     ["done / failed", `${h.done} / ${h.failed}`],
     ["underflows", String(h.underflows)],
+    ["xruns", String(h.xruns)],
+    ["last underflow", h.last_underflow ? new Date(h.last_underflow * 1000).toLocaleTimeString() : "never"],
     ["refused messages", String(h.refused)],
+    ["dropped messages", `${h.dropped.osc_malformed + h.dropped.osc_rejected + h.dropped.midi_discarded} ` +
+      `(OSC malformed ${h.dropped.osc_malformed}, not allowed ${h.dropped.osc_rejected}, MIDI ${h.dropped.midi_discarded})`],
+    ["feedback", !h.feedback ? "off (no MIDI)" : h.feedback.problem ? `off: ${h.feedback.problem}` :
+      h.feedback.ports.length ? `${h.feedback.ports.join(", ")} · ${h.feedback.sent} sent` : "no feedback section"],
     ["clips played / written", `${h.clips_played} / ${h.files_written}`],
   ];
   const dl = $("health");
   dl.textContent = "";
   for (const [k, v] of rows) {
     const dt = document.createElement("dt"); dt.textContent = k;
-    const dd = document.createElement("dd"); dd.textContent = v; dd.id = `health-${k.split(" ")[0]}`;
+    const dd = document.createElement("dd"); dd.textContent = v; dd.id = `health-${k.replace(/[^a-z]+/g, "-")}`;
     dl.append(dt, dd);
   }
   const ul = $("warnings");
