@@ -111,6 +111,7 @@ class Daemon:
         self._closing = False  # shutdown began: intake refused, replies still go out
         self.watchdog: watchdog.Watchdog | None = None
         self.web: Any = None  # the browser control surface (livegen.control.web), when it listens
+        self.feedback: Any = None  # the controller's LEDs (livegen.feedback), with MIDI
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -236,6 +237,9 @@ class Daemon:
             except MidiUnavailable as exc:
                 midi.close()
                 log.warning("MIDI disabled: %s", exc)
+            from livegen.feedback import start_feedback
+
+            self.feedback = start_feedback(self)  # opens the output when the mapping has a feedback section
 
         t = time.monotonic()
         options = wk.WorkerOptions(
@@ -318,6 +322,8 @@ class Daemon:
             await self.web.close()
         if self.midi is not None:
             self.midi.close()
+        if self.feedback is not None:  # the LEDs go idle, then the port closes
+            await asyncio.get_running_loop().run_in_executor(None, self.feedback.close)
         if self.worker is not None:
             finish = self.settings.engine.finish_running_on_shutdown and self.worker.busy()
             wait = FINISH_ON_SHUTDOWN_SECONDS if finish else 1.0

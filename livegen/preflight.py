@@ -83,7 +83,20 @@ def check_mapping(mapper: Mapper, settings: Any, limits: Limits) -> Findings:
                                     f"this daemon has {', '.join(sorted(limits.models))}.")
         elif rule.action == "set" and o.get("param") in ("seconds", "bars", "steps"):
             _check_set_range(rule, o, session, caps, found, bpm, bpb, limits)
+    _check_feedback(mapper, settings, found)
     return found
+
+
+def _check_feedback(mapper: Mapper, settings: Any, found: Findings) -> None:
+    """The feedback section against the settings: MIDI is on and there is a port to send to."""
+    fb = mapper.feedback
+    if fb is None:
+        return
+    if not settings.midi.enabled:
+        found.warnings.append(f"{fb.where()}: the feedback section lights nothing: midi.enabled is false.")
+    elif not settings.midi.virtual and not (fb.connect or settings.midi.feedback_connect):
+        found.warnings.append(f"{fb.where()}: the feedback section has no port to send to: midi.virtual is false "
+                              "and neither feedback.connect nor midi.feedback_connect names one.")
 
 
 def _literal(v: Any) -> float | None:

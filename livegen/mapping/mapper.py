@@ -30,6 +30,7 @@ from livegen.mapping.events import (
     Stop,
     Trigger,
 )
+from livegen.mapping.feedback_spec import FeedbackSpec
 from livegen.mapping.schema import Bank, MappingSpec, Rule, parse_texts, read_files
 from livegen.mapping.values import _coerce, _is_num, _placeholders, _render_value, _whole
 
@@ -59,6 +60,7 @@ class Mapper:
         self.param_types = param_types
         self.names = names
         self.param_where: dict[str, str] = {}  # parameter -> "file:line" of its value in the files
+        self.feedback: FeedbackSpec | None = None  # the mapping's LED feedback (livegen.feedback)
 
     @property
     def follows_clock(self) -> bool:
@@ -70,6 +72,7 @@ class Mapper:
     def from_spec(cls, spec: MappingSpec) -> Mapper:
         mapper = cls(spec.rules, spec.banks, spec.params, spec.param_types, spec.names)
         mapper.param_where = dict(spec.param_where)
+        mapper.feedback = spec.feedback
         return mapper
 
     @classmethod

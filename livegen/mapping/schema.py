@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from livegen.mapping.events import DEFAULT_PARAMS, PARAM_TYPES
+from livegen.mapping.feedback_spec import FeedbackSpec, parse_feedback
 from livegen.mapping.rule_actions import _parse_action
 from livegen.mapping.rules import _GENERATE_KEYS, CURVES, Bank, Rule, _Errs, _line, _parse_numbers, _ranges
 from livegen.mapping.values import _coerce, _is_num
@@ -47,7 +48,7 @@ _ACTION_KEYS: dict[str, tuple[str, ...]] = {
     "bank": ("bank",),
     "tempo": (),
 }
-_TOP_KEYS = ("name", "description", "params", "banks", "midi", "osc")
+_TOP_KEYS = ("name", "description", "params", "banks", "midi", "osc", "feedback")
 
 
 class MappingError(ValueError):
@@ -69,6 +70,7 @@ class MappingSpec:
     param_types: dict[str, str]
     names: list[str]
     param_where: dict[str, str] = field(default_factory=dict)  # parameter -> "file:line" of its value
+    feedback: FeedbackSpec | None = None  # the LEDs to light (livegen.feedback); one file may have it
 
 
 def read_files(paths: Iterable[str | Path]) -> MappingSpec:
@@ -101,6 +103,7 @@ def parse_texts(docs: Iterable[tuple[str, str]]) -> MappingSpec:
     ptypes = dict(PARAM_TYPES)
     where: dict[str, str] = {}
     names: list[str] = []
+    feedback: FeedbackSpec | None = None
     parsed = []
     # Pass 1: params and banks of every file (rules may use params declared in any file).
     for text, source in docs:
@@ -124,6 +127,12 @@ def parse_texts(docs: Iterable[tuple[str, str]]) -> MappingSpec:
         if isinstance(data.get("params"), dict):
             where.update({k: f"{source}:{_line(data['params'], k, 1)}" for k in data["params"]})
         _parse_banks(data.get("banks"), _line(data, "banks", 1), banks, errs)
+        if "feedback" in data:
+            fb = parse_feedback(data["feedback"], _line(data, "feedback", 1), errs)
+            if fb is not None and feedback is not None:
+                errs.add(fb.line, f"only one mapping file may have a 'feedback' section; {feedback.where()} has one.")
+            elif fb is not None:
+                feedback = fb
         parsed.append((data, errs))
     for data, errs in parsed:
         for section, kind in (("midi", "midi"), ("osc", "osc")):
@@ -142,7 +151,7 @@ def parse_texts(docs: Iterable[tuple[str, str]]) -> MappingSpec:
     rules = [r for r in rules if not r.broken]
     if errors:
         raise MappingError(errors)
-    return MappingSpec(rules, banks, params, ptypes, names, where)
+    return MappingSpec(rules, banks, params, ptypes, names, where, feedback)
 
 
 def _parse_params(node: Any, line: int, params: dict[str, Any], ptypes: dict[str, str], errs: _Errs) -> None:
