@@ -57,6 +57,7 @@ from livegen.settings import AudioSettings, TempoSettings
 
 log = logging.getLogger("livegen.audio")
 
+_SILENT = np.zeros((1, 8), np.float32)  # the clock probe's one frame (8: the most channels)
 ACTION_QUEUE = 1024  # rtmixer's action and result queues (a power of two)
 STATS_PERIOD = 0.25  # seconds between two reads of the callback's block and underflow counts
 
@@ -83,8 +84,14 @@ class RtPlayer:
         self._pad = int(PAD_SECONDS * self.sample_rate)
         self._m: Any = mixer
         self._external = mixer is not None
-        self._t0 = 0.0  # stream time of frame ``_base``
+        self._t0 = 0.0  # stream (DAC) time of frame ``_base``: the latest clock probe
         self._base = 0
+        self._stream_base = 0  # the frame of this stream's first block (frames go on over a reopen)
+        self._blocks_total = 0  # blocks the callback rendered on this stream
+        self._clock_exact = int(self.settings.blocksize) > 0  # fixed blocks: frame = blocks x blocksize
+        self._last_frame = 0
+        self._last_frame_time = time.monotonic()
+        self._probe: Any = None
         self._latency = 0.0
         self._voices: list[RtVoice] = []  # voices whose action the callback may still hold
         self._slots: dict[int, RtVoice] = {}  # the current voice of each slot
@@ -126,10 +133,10 @@ class RtPlayer:
                           device=self.settings.device, latency=self.settings.latency, qsize=ACTION_QUEUE)
         m.start()
         try:
-            probe, keep = buffer_action(np.zeros((1, self.channels), np.float32), 0.0)
-            enqueue_chain(m, [(probe, keep)])
+            items = self._clock_probe()
+            enqueue_chain(m, items)
             deadline = time.monotonic() + 2.0
-            while probe.actual_time <= 0.0:
+            while not is_done(m, self._stats_act) or self._probe.actual_time <= 0.0:
                 if time.monotonic() > deadline or not m.active:
                     raise OSError("the audio stream started but its callback never ran")
                 time.sleep(0.001)
@@ -137,14 +144,15 @@ class RtPlayer:
             _close_bounded(m, 1.0)
             raise
         with self._lock:
-            old_frame = self.frame if self._m is not None else 0
+            old = self._m is not None or self._blocks_total > 0
+            gap = int((time.monotonic() - self._last_frame_time) * self.sample_rate) if old else 0
+            self._stream_base = self._last_frame + gap if old else 0
+            self._blocks_total = 0
             self._latency = float(m.latency)
-            self._t0 = float(probe.actual_time)  # the DAC time of frame ``_base``
-            self._base = old_frame
             self._m = m
             self._voices = []
             self._slots = {}
-            self._stats_act = None
+            self._collect_stats()
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop feeding and close the stream, in ``timeout`` seconds at most (a dead JACK server can
@@ -400,6 +408,7 @@ class RtPlayer:
             if m is None:
                 return
             now = self.frame
+            self._last_frame, self._last_frame_time = now, time.monotonic()
             for v in list(self._voices):
                 self._refine(v)
                 if is_done(m, v.action):
@@ -439,20 +448,41 @@ class RtPlayer:
         self._voices.append(nv)
         self._slots[v.slot] = nv
 
+    def _clock_probe(self) -> list[tuple[Any, Any]]:
+        """A counters fetch chained with a one-frame silent buffer: both run in the same block, so
+        the block count (frames, exact with fixed blocks) meets that block's DAC time."""
+        self._stats_act = stats_action()
+        self._probe, keep = buffer_action(_SILENT[:, :self.channels], 0.0)
+        return [(self._probe, keep), (self._stats_act, None)]
+
     def _collect_stats(self) -> None:
+        """Read the last counters fetch and its clock probe; post the next one every STATS_PERIOD.
+
+        The stream clock is re-anchored at each probe: the frame of the probe's block (blocks
+        counted x blocksize) is heard at the probe's DAC time. PortAudio's times on JACK come from
+        jack_frame_time()'s estimate, which wanders against the frame count by tens of frames over
+        seconds; re-anchoring every quarter second keeps launch times within a few frames."""
         a = self._stats_act
         if a is not None and is_done(self._m, a):
-            self._callbacks += int(a.stats.blocks)
+            blocks = int(a.stats.blocks)
+            self._callbacks += blocks
+            self._blocks_total += blocks
             n = int(a.stats.output_underflows)
             if n:
                 self._underflows += n
                 self._last_underflow_time = time.monotonic()
+            probe_t = float(self._probe.actual_time)
+            if probe_t > 0.0 and self._blocks_total > 0:
+                if self._clock_exact:
+                    self._base = self._stream_base + (self._blocks_total - 1) * self.blocksize
+                else:
+                    self._base = self.frame if self._t0 else self._stream_base
+                self._t0 = probe_t
             self._stats_act = None
             a = None
         now = time.monotonic()
         if a is None and (self._external or now - self._stats_at >= STATS_PERIOD):
-            self._stats_act = stats_action()
-            enqueue_chain(self._m, [(self._stats_act, None)])
+            enqueue_chain(self._m, self._clock_probe())
             self._stats_at = now
 
     # ------------------------------------------------------------------ status
