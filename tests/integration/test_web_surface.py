@@ -354,3 +354,61 @@ def test_a_download_path_outside_the_folder_is_refused(web_daemon):
     finally:
         link.unlink()
         secret.unlink()
+
+
+# ---- a daemon listening beyond loopback (web.host 0.0.0.0), with pre-rendering ----------------
+# It listens on every interface for the few seconds of these tests, as a performer's tablet
+# setup would; without the token nobody gets in. (Run inside a network namespace with only `lo`
+# where no wider listening is wanted: `ip netns exec`.)
+TOKEN_URL = re.compile(r"livegen control surface: (http://127\.0\.0\.1:(\d+)/\?token=([\w-]+))$", re.M)
+
+
+@pytest.fixture(scope="module")
+def wide_daemon(jack_server, tiny_model, tmp_path_factory):
+    port = free_tcp_port()
+    d = start_daemon(tmp_path_factory.mktemp("web-wide"), tiny_model, midi_port="lgwebwide", mapping_text=MAPPING,
+                     web_port=port, web_host="0.0.0.0", prerender=True)
+    try:
+        yield d
+    finally:
+        stop_daemon(d)
+
+
+def test_a_wide_bind_takes_the_token_once_then_the_cookie(wide_daemon, browser):
+    from playwright.sync_api import expect
+
+    found = TOKEN_URL.search(wide_daemon.log_text())
+    assert found, wide_daemon.log_text()
+    url, port, token = found.group(1), int(found.group(2)), found.group(3)
+    base = f"http://127.0.0.1:{port}/"
+    context = browser.new_context()
+    try:
+        pg = context.new_page()
+        resp = pg.goto(base)  # no token: refused
+        assert resp.status == 401 and "?token=" in pg.content()
+        assert pg.goto(f"{base}?token=wrong-{token}").status == 401
+        resp = pg.goto(url)  # the printed URL: the token once, then a cookie and the plain address
+        assert resp.status == 200 and pg.url == base
+        expect(pg.locator("#ready")).to_have_text("ready", timeout=20_000)  # the WebSocket came in with it
+        (cookie,) = [c for c in context.cookies() if c["name"] == "livegen_token"]
+        assert cookie["value"] == token and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert token not in pg.evaluate("document.cookie")  # scripts cannot read it
+        pg.reload()
+        expect(pg.locator("#ready")).to_have_text("ready", timeout=20_000)
+        # pre-rendered variations show on their pads, with how many are ready
+        expect(pg.locator("#pad-0")).to_have_attribute("data-state", "cached", timeout=120_000)
+        expect(pg.locator("#pad-0 .status")).to_have_text("cached ×1")
+    finally:
+        context.close()
+    other = browser.new_context()  # a browser that never had the token
+    try:
+        pg = other.new_page()
+        assert pg.goto(base).status == 401
+        outcome = pg.evaluate("""(url) => new Promise((done) => {
+            const ws = new WebSocket(url);
+            ws.onopen = () => done("open");
+            ws.onerror = () => done("refused");
+        })""", f"ws://127.0.0.1:{port}/ws")
+        assert outcome == "refused"
+    finally:
+        other.close()
