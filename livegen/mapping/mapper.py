@@ -18,6 +18,7 @@ from typing import Any
 from livegen.mapping.events import (
     Action,
     ClockTick,
+    Extend,
     Generate,
     KnobMoved,
     MidiEvent,
@@ -29,6 +30,7 @@ from livegen.mapping.events import (
     State,
     Stop,
     Trigger,
+    Vary,
 )
 from livegen.mapping.feedback_spec import FeedbackSpec
 from livegen.mapping.schema import Bank, MappingSpec, Rule, parse_texts, read_files
@@ -206,6 +208,8 @@ class Mapper:
                         return [Reject("This trigger rule has no slot.")]
                     return [Trigger(int(slot))]
                 return [Stop(slot)] if rule.action == "stop" else [Reroll(slot)]
+            if rule.action in ("extend", "vary"):
+                return [self._musical(rule, ctx)]
             if rule.action == "bank":
                 return [SelectBank(self._bank_index(o.get("bank", "value"), raw, state, rule))]
             if rule.action == "set":
@@ -261,6 +265,16 @@ class Mapper:
             spec["gain"] = float(ctx.get("velocity", 127)) / 127.0 if g == "velocity" else float(
                 _render_value(g, ctx, "float"))
         return spec
+
+    def _musical(self, rule: Rule, ctx: dict[str, Any]) -> Action:
+        """An extend or vary action: the slot, and the seconds (extend) or strength (vary) if given."""
+        o = rule.opts
+        if "slot" not in o:
+            return Reject(f"This {rule.action} rule has no slot.")
+        slot = int(_render_value(o["slot"], ctx, "int"))
+        key = "seconds" if rule.action == "extend" else "strength"
+        value = _render_value(o[key], ctx, "float") if key in o else None
+        return Extend(slot, value) if rule.action == "extend" else Vary(slot, value)
 
     def _bank_index(self, spec: Any, raw: Any, state: State, rule: Rule) -> int:
         n = max(1, len(self.banks))

@@ -21,6 +21,8 @@ from livegen.mapping.feedback_spec import FeedbackSpec, parse_feedback
 from livegen.mapping.rule_actions import _parse_action
 from livegen.mapping.rules import _GENERATE_KEYS, CURVES, Bank, Rule, _Errs, _line, _parse_numbers, _ranges
 from livegen.mapping.values import _coerce, _is_num
+from livegen.musical import parse_key, parse_scale
+from livegen.request import RequestError
 from livegen.settings import LineDict, did_you_mean, load_yaml
 
 __all__ = ["ACTIONS", "CURVES", "MIDI_EVENTS", "Bank", "MappingError", "MappingSpec", "Rule", "parse_texts",
@@ -28,7 +30,7 @@ __all__ = ["ACTIONS", "CURVES", "MIDI_EVENTS", "Bank", "MappingError", "MappingS
 
 
 MIDI_EVENTS = ("note_on", "note_off", "control_change", "program_change", "clock", "start", "stop")
-ACTIONS = ("generate", "trigger", "stop", "set", "bank", "reroll", "tempo")
+ACTIONS = ("generate", "trigger", "stop", "set", "bank", "reroll", "tempo", "extend", "vary")
 # Placeholders always available in templates (besides the state parameters).
 _COMMON_PLACEHOLDERS = {"bank", "bank_index", "channel"}
 _EVENT_PLACEHOLDERS = {
@@ -47,6 +49,8 @@ _ACTION_KEYS: dict[str, tuple[str, ...]] = {
     "set": ("param", "range", "curve", "input", "value", "arg", "choices"),
     "bank": ("bank",),
     "tempo": (),
+    "extend": ("slot", "seconds"),
+    "vary": ("slot", "strength"),
 }
 _TOP_KEYS = ("name", "description", "params", "banks", "midi", "osc", "feedback")
 
@@ -179,6 +183,10 @@ def _parse_params(node: Any, line: int, params: dict[str, Any], ptypes: dict[str
             continue
         try:
             params[key] = _coerce(value, kind)
+            if key in ("key", "scale"):
+                params[key] = (parse_key if key == "key" else parse_scale)(value)
+        except RequestError as exc:
+            errs.add(kl, f"parameter {key!r}: {exc}")
         except ValueError as exc:
             errs.add(kl, f"parameter {key!r}: {exc}.")
 
