@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         renderer = rb.LocalRenderer(settings)
         where = "local engine"
     else:
-        from livegen.engine.ray_pool import RayRenderer
+        from livegen.engine.ray_client import RayRenderer
 
         renderer = RayRenderer.connect(settings, args.ray, replicas=args.replicas)
         where = f"Ray pool ({renderer.describe()})"

@@ -57,13 +57,15 @@ class WorkerHost:
         if self.fatal is not None:
             raise RenderFailed(f"the models could not be loaded: {self.fatal}")
 
-    def render(self, request: Request, on_event: Callable[[wk.WorkerEvent], None] | None = None
-               ) -> tuple[int, Future]:
+    def render(self, request: Request, on_event: Callable[[wk.WorkerEvent], None] | None = None,
+               sink: Any = None) -> tuple[int, Future]:
         """Queue ``request``; returns (job id, future of the :class:`Clip`). The future fails with
-        :class:`RenderFailed` or :class:`~livegen.errors.Cancelled`."""
+        :class:`RenderFailed` or :class:`~livegen.errors.Cancelled`. ``sink``: a
+        :class:`~livegen.output.stream_sink.ChunkSink` fed while the clip is generated (the
+        worker's streaming path, as the daemon's for a played request)."""
         future: Future = Future()
         with self._lock:  # the QUEUED event may arrive before submit returns: register first
-            job, _ = self.worker.submit(request)
+            job, _ = self.worker.submit(request, sink=sink)
             self._pending[job.id] = _Pending(future, on_event)
         return job.id, future
 

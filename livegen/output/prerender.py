@@ -259,7 +259,7 @@ class PrerenderCache:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 if not meta.get("kept"):
                     continue
-                request = _request_from(meta["request"]).replace(seed=int(meta["seed"]))
+                request = request_from_dict(meta["request"]).replace(seed=int(meta["seed"]))
                 npy = meta_path.with_suffix(".npy")
                 nbytes = npy.stat().st_size
             except (OSError, ValueError, KeyError, TypeError):
@@ -338,7 +338,7 @@ class PrerenderCache:
             meta = json.loads(entry.file.with_suffix(".json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return Clip(request=_request_from(meta["request"]), audio=audio, sample_rate=int(meta["sample_rate"]),
+        return Clip(request=request_from_dict(meta["request"]), audio=audio, sample_rate=int(meta["sample_rate"]),
                     seed=int(meta["seed"]), model=meta["model"], job_id=int(meta["job_id"]),
                     created=float(meta["created"]), render_seconds=float(meta["render_seconds"]))
 
@@ -352,7 +352,7 @@ class PrerenderCache:
                     pass
 
 
-def _request_from(d: dict[str, Any]) -> Request:
+def request_from_dict(d: dict[str, Any]) -> Request:
     """A request from :meth:`Request.to_dict` (keys it does not know, e.g. ``source_job``, dropped)."""
     names = {f.name for f in dataclasses.fields(Request)} - {"source"}
     fields = {k: v for k, v in d.items() if k in names}
