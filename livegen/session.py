@@ -23,17 +23,20 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from livegen import limits as lim
+from livegen import musical
 from livegen.control import osc_verbs as verbs
 from livegen.control.osc_verbs import Command, OscArgError, Reset, Verb
 from livegen.limits import Limits, ModelCaps
 from livegen.mapping import (
     Action,
     ClockTick,
+    Extend,
     Generate,
     KnobMoved,
     Mapper,
@@ -46,6 +49,7 @@ from livegen.mapping import (
     State,
     Stop,
     Trigger,
+    Vary,
     apply,
 )
 from livegen.request import LAUNCHES, Request, RequestError, check_duration, unknown_sampler
@@ -159,6 +163,8 @@ class Session:
         self.slot_requests: OrderedDict[int, Request] = OrderedDict()
         self.last_request: Request | None = None
         self.clock = MidiClock(timeout=float(getattr(settings.tempo, "clock_timeout", 0.5)))
+        # each slot's clip as its model rendered it (the daemon shares the delivery's): extend, vary
+        self.slot_sources: dict[int, musical.SlotSource] = {}
 
     # ------------------------------------------------------------------ capabilities
     def set_caps(self, caps: dict[str, ModelCaps]) -> None:
@@ -257,6 +263,10 @@ class Session:
             return [CancelJob(v["job"])]
         if cmd.verb is Verb.REROLL:
             return self.reroll(v["slot"], origin)
+        if cmd.verb is Verb.EXTEND:
+            return self.musical(Extend(v["slot"], v["seconds"]), origin)
+        if cmd.verb is Verb.VARY:
+            return self.musical(Vary(v["slot"], v["strength"]), origin)
         if cmd.verb is Verb.SET:
             return self.set_param(v["name"], v["value"], origin)
         if cmd.verb is Verb.GET:
@@ -282,7 +292,21 @@ class Session:
                 out.append(StopSlot(action.slot))
             elif isinstance(action, Reroll):
                 out.extend(self.reroll(action.slot, origin))
+            elif isinstance(action, (Extend, Vary)):
+                out.extend(self.musical(action, origin))
         return out
+
+    def musical(self, action: Extend | Vary, origin: str) -> list[Outcome]:
+        """Extend (MusicGen continuation) or vary (Stable Audio audio-to-audio) a slot's clip."""
+        try:
+            if isinstance(action, Extend):
+                request = musical.extend_request(self, action.slot, action.seconds, origin)
+            else:
+                request = musical.vary_request(self, action.slot, action.strength, origin)
+        except RequestError as exc:
+            return [Refuse(str(exc))]
+        self.remember(request)
+        return [Queue(request)]
 
     # ------------------------------------------------------------------ requests
     def generate(self, spec: dict[str, Any], origin: str) -> list[Outcome]:
@@ -328,6 +352,9 @@ class Session:
             if key in spec and spec[key] is None:
                 del spec[key]
         fields.update(spec)
+        if isinstance(fields["prompt"], str):  # {bpm}, {key}, {scale} typed into a verb's prompt
+            fields["prompt"] = musical.fill_placeholders(fields["prompt"], {
+                "bpm": self.bpm, "beats_per_bar": self.beats_per_bar, "key": p.get("key"), "scale": p.get("scale")})
         name = self.limits.resolve(fields["model"])
         caps = self.limits.models.get(name)
         if self.limits.models and caps is None:
@@ -378,7 +405,8 @@ class Session:
             base = self.slot_requests.get(slot)
             if base is None:
                 return [Refuse(f"Slot {slot} has no request to reroll yet.")]
-        request = base.replace(seed=None, origin=origin)
+        # an extension or variation gets its seed now: the pre-render cache holds plain generations only
+        request = base.replace(seed=None if base.action == "generate" else secrets.randbelow(2**31), origin=origin)
         try:
             request.validate(self.limits)
         except RequestError as exc:
@@ -472,6 +500,8 @@ class Session:
                 seconds = float(value)
             check_duration(seconds, self.state.params.get("model"), self.limits)
             return float(value)
+        if name in ("key", "scale"):
+            return musical.parse_key(value) if name == "key" else musical.parse_scale(value)
         if name in _REQUEST_PARAMS:  # model-independent ranges (steps are kept for models that take them)
             ranges = Limits(self.limits.max_steps, self.limits.max_seconds, self.limits.max_prompt_chars)
             Request("check", **{PARAM_FIELDS.get(name, name): value}).validate(ranges)
