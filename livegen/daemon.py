@@ -187,6 +187,7 @@ class Daemon:
         if problems:
             raise StartupError("\n".join(problems))
         self.session = Session(s, mapper, caps)
+        self.session.slot_sources = self.delivery.slot_sources  # extend and vary read the slots' clips
         self._remember_mtimes()
         self._stage("mappings", t, ", ".join(str(p) for p in s.mappings))
         log.info("tempo source: %s", self.session.tempo_source.value)

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from livegen.errors import Cancelled
+from livegen.musical import source_kwargs
 from livegen.output.loudness import normalize
 from livegen.output.loudness import preload as preload_levels
 from livegen.request import Clip, Request
@@ -141,6 +142,7 @@ def generate_kwargs(engine: Any, request: Request, seconds: float,
         "negative_prompt": request.negative_prompt,
         "steps": request.steps,
         "sampler": request.sampler,
+        **source_kwargs(engine, request, seconds),  # extend / vary: the slot's clip (livegen.musical)
     }
     if "cfg_scale" in params or accepts_any:
         wanted["cfg_scale"] = request.cfg_scale
