@@ -109,12 +109,15 @@ class Daemon:
         self._t0 = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False  # shutdown began: intake refused, replies still go out
+        self.stop_requested_at: float | None = None  # monotonic time of the first stop() (SIGTERM)
         self.watchdog: watchdog.Watchdog | None = None
         self.web: Any = None  # the browser control surface (livegen.control.web), when it listens
         self.feedback: Any = None  # the controller's LEDs (livegen.feedback), with MIDI
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
         self._stop.set()
 
     def _stage(self, name: str, t0: float, detail: str = "") -> None:

@@ -162,3 +162,25 @@ def test_musicgen_stream_cancel_between_chunks(mg):
             if len(pieces) == 2:
                 state["cancel"] = True
     assert len(pieces) == 2
+
+
+def test_sa_cancel_inside_a_sampler_step_between_dit_blocks(sa):
+    """The step loop polls before each step; with a cancel, each DiT block polls too, so a stop
+    that comes during a step ends it after the block in hand (no progress for that step)."""
+    calls = {"n": 0}
+    steps: list[int] = []
+
+    def cancel() -> bool:  # the first poll (before step 1) says no, the next (after block 1) yes
+        calls["n"] += 1
+        return calls["n"] >= 2
+
+    with pytest.raises(Cancelled, match="during a sampler step"):
+        sa.generate("snare", seconds=0.01, steps=3, seed=1, cancel=cancel, progress=lambda i, n: steps.append(i))
+    assert steps == [] and calls["n"] == 2
+
+
+def test_sa_blockwise_steps_give_the_same_clip(sa, monkeypatch):
+    monkeypatch.setenv("LIVEGEN_DECODE_TILE_LATENTS", "0")
+    plain = sa.generate("snare", seconds=0.01, steps=3, seed=1)
+    polled = sa.generate("snare", seconds=0.01, steps=3, seed=1, cancel=lambda: False)
+    assert rel(polled, plain) < TOL

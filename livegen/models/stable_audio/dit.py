@@ -23,7 +23,7 @@ On the CPU the gate uses ``x / (1 + exp(-x))`` and attention an explicit softmax
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -382,8 +382,12 @@ class DiffusionTransformer(nn.Module):
         return prepared.rope[n]
 
     # -- one denoiser step -----------------------------------------------------------------
-    def forward_prepared(self, x: mx.array, t: mx.array, prepared: PreparedConditioning) -> mx.array:
-        """Model output [B, L, C] for noisy latents ``x`` [B, L, C] at times ``t`` [B]."""
+    def forward_prepared(self, x: mx.array, t: mx.array, prepared: PreparedConditioning,
+                         between_blocks: Callable[[mx.array], None] | None = None) -> mx.array:
+        """Model output [B, L, C] for noisy latents ``x`` [B, L, C] at times ``t`` [B].
+
+        ``between_blocks(h)`` is called with each transformer block's output (the daemon evaluates
+        it there and polls its cancel, so a stop is seen within one block, not one whole step)."""
         b = x.shape[0]
         if prepared.batch and prepared.batch != b:
             raise ValueError(f"x batch {b} != prepared conditioning batch {prepared.batch}")
@@ -397,6 +401,8 @@ class DiffusionTransformer(nn.Module):
         kvs = prepared.kv
         for i, layer in enumerate(self.transformer.layers):
             h = layer(h, rope, kvs[i] if kvs is not None else None, prepared.mask)
+            if between_blocks is not None:
+                between_blocks(h)
         out = self.transformer.project_out(h)[:, 1:, :]
         return self.postprocess_conv(out) + out
 
@@ -493,16 +499,18 @@ class DiffusionTransformer(nn.Module):
         return out
 
 
-def guided_velocity(model: DiffusionTransformer, x: mx.array, t: mx.array, guidance: Guidance) -> mx.array:
+def guided_velocity(model: DiffusionTransformer, x: mx.array, t: mx.array, guidance: Guidance,
+                    between_blocks: Callable[[mx.array], None] | None = None) -> mx.array:
     """Model output with classifier-free guidance, as the reference DiT computes it:
     ``uncond + (cond - uncond) * cfg_scale`` from one batched pass (exactly one pass of batch B
-    when no guidance applies), with the optional CFG rescale ``scale_phi`` (std over channels)."""
+    when no guidance applies), with the optional CFG rescale ``scale_phi`` (std over channels).
+    ``between_blocks``: see ``DiffusionTransformer.forward_prepared``."""
     if not guidance.batched:
-        return model.forward_prepared(x, t, guidance.prepared)
+        return model.forward_prepared(x, t, guidance.prepared, between_blocks)
     b = x.shape[0]
     t = mx.broadcast_to(mx.array(t, dtype=x.dtype).reshape(-1), (b,))
     out = model.forward_prepared(mx.concatenate([x, x], axis=0), mx.concatenate([t, t], axis=0),
-                                 guidance.prepared)
+                                 guidance.prepared, between_blocks)
     cond, uncond = out[:b], out[b:]
     cfg = uncond + (cond - uncond) * guidance.cfg_scale
     if guidance.scale_phi != 0.0:

@@ -214,13 +214,23 @@ class StableAudioPipeline:
 
     # ------------------------------------------------------------------------- model calls
 
-    def _denoiser(self, cond: Conditioning, cfg_scale: float, length: int):
+    def _denoiser(self, cond: Conditioning, cfg_scale: float, length: int, cancel=None):
+        """``denoise(x, t)``; with ``cancel``, each DiT block's output is evaluated on its own and
+        ``cancel()`` polled after it (raising ``livegen.errors.Cancelled``): a step is a few seconds
+        on a loaded CPU, a block a small part of that, and the operations are the same."""
         guidance = self.model.dit.prepare_guidance_from(cond, cfg_scale=cfg_scale, length=length)
         mx.eval(guidance.prepared.arrays())
         dit = self.model.dit
 
+        def between_blocks(h: mx.array) -> None:
+            mx.eval(h)
+            if cancel():
+                raise Cancelled("generation cancelled during a sampler step")
+
+        hook = between_blocks if cancel is not None else None
+
         def denoise(x: mx.array, t: float) -> mx.array:
-            return guided_velocity(dit, x, mx.array([t], dtype=x.dtype), guidance)
+            return guided_velocity(dit, x, mx.array([t], dtype=x.dtype), guidance, hook)
 
         return denoise
 
@@ -259,7 +269,7 @@ class StableAudioPipeline:
     def _sample_mx(self, cond: Conditioning, noise: mx.array, noise_source: S.NoiseSource, *, steps: int,
                    sampler: str, cfg_scale: float, init: mx.array | None = None,
                    init_strength: float | None = None, progress=None, cancel=None) -> mx.array:
-        denoise = self._denoiser(cond, cfg_scale, noise.shape[1])
+        denoise = self._denoiser(cond, cfg_scale, noise.shape[1], cancel)
         hooks = {"progress": progress, "cancel": cancel}
         if self.objective == "v":
             sigma_max = S.V_SIGMA_MAX
