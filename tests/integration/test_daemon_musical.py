@@ -1,0 +1,159 @@
+"""extend and vary through the real daemon (tiny MusicGen and Stable Audio models, JACK dummy).
+
+- extend: the continuation of a looping clip starts at the clip's loop end; the recording (a JACK
+  client in this process, the daemon in its own) holds the clip's last loop and then the
+  extension, sample for sample, with no gap and no overlap at the join. An extension that
+  arrives after a one-shot ended starts on the launch grid and the sender is told.
+- vary: the variation starts from the slot's audio: it differs from a fresh generation with the
+  same prompt, seed and steps, and equals a direct pipeline call with the slot's clip as init audio.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from livegen.audio_io import match_channels, resample
+from tests.integration.conftest import OscClient, Recorder
+
+
+def _wav(path: str | Path) -> tuple[np.ndarray, int]:
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return np.ascontiguousarray(audio.T), int(rate)
+
+
+def _stream(audio: np.ndarray, rate: int, stream_rate: int = 44100) -> np.ndarray:
+    """The clip as the daemon hands it to the player (livegen.output.delivery: resample, channels)."""
+    out = resample(audio, rate, stream_rate) if rate != stream_rate else audio
+    return np.ascontiguousarray(match_channels(out, 2), dtype=np.float32)
+
+
+def _first(rec: np.ndarray, clip: np.ndarray, length: int = 256) -> int:
+    """The first frame of ``rec`` where the first ``length`` frames of ``clip`` are, exactly."""
+    j = int(np.argmax(np.abs(clip[0, :length])))
+    for i in np.flatnonzero(rec[0] == clip[0, j]):
+        p = int(i) - j
+        if p >= 0 and np.array_equal(rec[:, p:p + length], clip[:, :length]):
+            return p
+    raise AssertionError("the clip is not in the recording")
+
+
+def _job(client: OscClient, daemon, address: str, *args) -> tuple[int, Path]:
+    """Send ``address``; (job, clip path) of its done."""
+    mark = client.mark()
+    client.send(daemon.port, address, *args)
+    ack = client.wait("/livegen/ack", mark, timeout=10, where=lambda p: str(p[1]).startswith("queued"))
+    done = client.wait("/livegen/done", mark, timeout=120, where=lambda p: p[0] == ack.params[0])
+    return ack.params[0], Path(done.params[1])
+
+
+@pytest.fixture()
+def params(daemon, client):
+    """The shared daemon's parameters these tests change, restored after."""
+    client.send(daemon.port, "/livegen/stop")
+    yield lambda **kv: [client.send(daemon.port, "/livegen/set", k, v) for k, v in kv.items()]
+    for name, value in (("model", "default"), ("loop", 0), ("seed", -1)):
+        client.send(daemon.port, "/livegen/set", name, value)
+    client.send(daemon.port, "/livegen/stop")
+
+
+@pytest.mark.realtime
+@pytest.mark.xfail(strict=True, reason="the players choke the slot's clip at the extension's start frame "
+                   "(tests/test_musical.py SAME_SLOT_CHOKE), and a streamed loop's passes are not the clip sample "
+                   "for sample (measured: one period skipped after the first 512 frames; with audio.stream off "
+                   "the rtmixer loop's phase jumped 413 frames once in 2 s)")
+def test_an_extension_follows_the_looping_clip_with_no_gap_or_overlap(daemon, client, params):
+    recorder = Recorder(daemon.ports, seconds=30.0, name="lgrec-extend")
+    time.sleep(0.3)
+    recorder.recording = True
+    params(model="mg", loop=1, seed=3)
+    mark = client.mark()
+    _, first = _job(client, daemon, "/test/pad/7")  # "osc pad 7", 0.05 s, slot 7, looping
+    time.sleep(0.3)  # it loops meanwhile
+    job, extension = _job(client, daemon, "/livegen/extend", 7, 0.1)
+    time.sleep(0.8)  # the join, then the extension loops
+    audio = recorder.close()
+    assert not [m for m in client.since(mark) if m.address == "/livegen/error"], client.since(mark)
+    a, a_rate = _wav(first)
+    b, b_rate = _wav(extension)
+    sidecar = json.loads(extension.with_suffix(".json").read_text())
+    assert (a_rate, b_rate, sidecar["model"], sidecar["slot"]) == (32000, 32000, "mg", 7)
+    assert sidecar["prompt"] == "osc pad 7" and b.shape[1] == round(0.1 * 32000)
+    a_s, b_s = _stream(a, a_rate), _stream(b, b_rate)
+    join = _first(audio, b_s)
+    # the clip's last loop ends exactly where the extension begins: nothing else is in the mix
+    np.testing.assert_array_equal(audio[:, join - a_s.shape[1]:join], a_s)
+    np.testing.assert_array_equal(audio[:, join:join + b_s.shape[1]], b_s)
+    assert _first(audio, a_s) < join - a_s.shape[1]  # it had looped before (the join is a loop end)
+    assert recorder.xruns == 0, f"{recorder.xruns} JACK xruns; JACK clients: {recorder.clients}"
+
+
+@pytest.mark.realtime
+def test_an_extension_after_the_clip_ended_starts_on_the_grid_and_says_so(daemon, client, params):
+    recorder = Recorder(daemon.ports, seconds=30.0, name="lgrec-late")
+    recorder.recording = True
+    params(model="mg", loop=0, seed=4)
+    mark = client.mark()
+    _job(client, daemon, "/test/pad/8")  # a 0.05 s one-shot in slot 8
+    time.sleep(0.4)  # it has ended
+    job, extension = _job(client, daemon, "/livegen/extend", 8, 0.05)
+    late = client.wait("/livegen/ack", mark, timeout=10, where=lambda p: p[0] == job and "after its clip" in p[1])
+    assert "starts on the launch grid instead of seamlessly" in late.params[1]
+    time.sleep(0.4)
+    audio = recorder.close()
+    b_s = _stream(*_wav(extension))
+    p = _first(audio, b_s)
+    np.testing.assert_array_equal(audio[:, p:p + b_s.shape[1]], b_s)  # played whole, on its own
+
+
+@pytest.mark.realtime
+def test_extend_and_vary_refusals_reach_the_sender(daemon, client, params):
+    mark = client.mark()
+    client.send(daemon.port, "/livegen/extend", 1000)
+    err = client.wait("/livegen/error", mark, timeout=10)
+    assert err.params[-1] == "Slot 1000 has no clip to extend yet; generate one for it first."
+    mark = client.mark()
+    client.send(daemon.port, "/livegen/vary", 1000, 3.0)
+    assert "has no clip to vary yet" in client.wait("/livegen/error", mark, timeout=10).params[-1]
+
+
+@pytest.mark.realtime
+def test_vary_starts_from_the_slot_audio(daemon, client, params, tiny_model, monkeypatch):
+    params(model="default", loop=0, seed=11)
+    mark = client.mark()
+    _, first = _job(client, daemon, "/test/pad/9")  # Stable Audio, "osc pad 9", 0.05 s, slot 9
+    _, varied = _job(client, daemon, "/livegen/vary", 9, 0.6)
+    _, fresh = _job(client, daemon, "/livegen/generate", "osc pad 9", 11, 0.05)
+    assert not [m for m in client.since(mark) if m.address == "/livegen/error"], client.since(mark)
+    a, rate = _wav(first)
+    v, _ = _wav(varied)
+    f, _ = _wav(fresh)
+    meta = json.loads(varied.with_suffix(".json").read_text())
+    assert (meta["seed"], meta["slot"], meta["prompt"], meta["model"]) == (11, 9, "osc pad 9", "default")
+    assert json.loads(fresh.with_suffix(".json").read_text())["seed"] == 11
+    assert v.shape == f.shape == a.shape
+    assert np.abs(v - f).max() > 1e-2  # the slot's audio changed the result
+
+    # the same calls in this process: the pipeline with the slot's clip as init audio; the daemon's
+    # clip is that render at the gain its sidecar records (no limiting here), away from the short
+    # head and tail fades of a one-shot
+    from livegen.models.stable_audio import StableAudioPipeline
+
+    monkeypatch.setenv("LIVEGEN_CACHE", str(tiny_model["cache"]))
+    pipe = StableAudioPipeline.from_pretrained(str(tiny_model["model"]), t5=str(tiny_model["t5"]))
+    kwargs = dict(seconds=a.shape[1] / rate, steps=meta["steps"], cfg_scale=meta["cfg"], sampler=meta["sampler"],
+                  seed=11, negative_prompt=meta["negative_prompt"])
+    inner = slice(64, a.shape[1] - 256)
+
+    def same_render(clip: np.ndarray, levels: dict, raw: np.ndarray) -> None:
+        assert levels["limited_db"] == 0.0, levels
+        expected = raw * np.float32(10.0 ** (levels["gain_db"] / 20.0))
+        np.testing.assert_allclose(clip[:, inner], expected[:, inner], rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+
+    same_render(v, meta["levels"], pipe.generate("osc pad 9", init_audio=a, init_strength=0.6, **kwargs))
+    same_render(f, json.loads(fresh.with_suffix(".json").read_text())["levels"], pipe.generate("osc pad 9", **kwargs))
