@@ -31,12 +31,11 @@ from livegen import tempo as tempo_mod
 from livegen.audio_io import resample
 from livegen.output.feeder import (
     LEAD_SECONDS,
-    PAD_SECONDS,
-    STREAM_LOW_SECONDS,
+    STREAM_MARGIN_SECONDS,
+    STREAM_SILENCE_SECONDS,
     Feeder,
     feed_clip,
     feed_stream,
-    in_ring,
 )
 from livegen.output.mixer import Mixer
 from livegen.output.player import LEVEL_WINDOW_SECONDS, TempoSource, window_peak
@@ -80,8 +79,8 @@ class RtPlayer:
         self._prep = Mixer(self.channels, 1, self.fade)  # its prepare(): channel matching, NaN guard
         self._lead = int(LEAD_SECONDS * self.sample_rate)
         self._ring_size = pow2_at_least(max(int(RING_SECONDS_MIN * self.sample_rate), 2 * self._lead))
-        self._low = int(STREAM_LOW_SECONDS * self.sample_rate)
-        self._pad = int(PAD_SECONDS * self.sample_rate)
+        self._silence = int(STREAM_SILENCE_SECONDS * self.sample_rate)
+        self._margin = max(2 * self.blocksize, int(STREAM_MARGIN_SECONDS * self.sample_rate))
         self._m: Any = mixer
         self._external = mixer is not None
         self._t0 = 0.0  # stream (DAC) time of frame ``_base``: the latest clock probe
@@ -100,12 +99,14 @@ class RtPlayer:
         self._callbacks = 0
         self._underflows = 0
         self._last_underflow_time: float | None = None
+        self._last_underflow_frame = -1
         self._stats_act: Any = None
         self._stats_at = 0.0
         self.misses = 0  # voices whose ring ran dry (restarted)
         self.stalled = False  # set by the stream guard
         self.guard: Any = None
         self.stream_errors = 0
+        self.ports: list[str] = []  # the JACK ports (empty elsewhere)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -126,12 +127,14 @@ class RtPlayer:
         """Open and start the rtmixer stream and stamp the stream clock (see the module doc)."""
         import rtmixer
 
-        from livegen.output.stream_guard import set_jack_client_name
+        from livegen.output.stream_guard import jack_output_ports, rename_new_ports, set_jack_client_name
 
         set_jack_client_name(getattr(self.settings, "client_name", None))
+        before = jack_output_ports()
         m = rtmixer.Mixer(channels=self.channels, samplerate=self.sample_rate, blocksize=self.blocksize,
                           device=self.settings.device, latency=self.settings.latency, qsize=ACTION_QUEUE)
         m.start()
+        self.ports = rename_new_ports(before, self.channels)
         try:
             items = self._clock_probe()
             enqueue_chain(m, items)
@@ -242,15 +245,14 @@ class RtPlayer:
         import rtmixer
 
         v = RtVoice(slot, buf, start, loop, gain, fade_in, self._up, offset=offset, ramp_from=ramp_from)
-        v.ring = rtmixer.RingBuffer(4 * self.channels, self._ring_size)
+        memory = np.zeros((self._ring_size, self.channels), np.float32)
+        v.ring = rtmixer.RingBuffer(4 * self.channels, buffer=memory)
         v.approx = approx
         if stream is not None:
             v.stream = stream
-            v.mirror = np.zeros((self._ring_size, self.channels), np.float32)
+            v.mirror = memory
             stream.voice = v
-            feed_stream(stream, v, self._lead, self._up, self._down, self._low, self._pad, started=False)
-            if in_ring(v) == 0:  # nothing to play yet: silence until the producer catches up
-                feed_stream(stream, v, self._lead, self._up, self._down, self._low, self._pad, started=True)
+            feed_stream(stream, v, self._silence, self._margin, self._up, near=False)  # not yet enqueued: unread
         else:
             feed_clip(v, self._lead)
         # "now" on a silent slot: a time already past, so the next callback starts it at offset 0
@@ -416,8 +418,8 @@ class RtPlayer:
                     self._restart_if_dry(v, now)
                     continue
                 if v.stream is not None:
-                    feed_stream(v.stream, v, self._lead, self._up, self._down, self._low, self._pad,
-                                started=now + self._low >= v.start)
+                    feed_stream(v.stream, v, self._silence, self._margin, self._up,
+                                near=now + self._margin >= v.start)
                 else:
                     feed_clip(v, self._lead)
             self._collect_stats()
@@ -437,7 +439,6 @@ class RtPlayer:
         log.warning("slot %d: its ring ran dry (the feeder was late); restarted at frame %d", v.slot, at)
         if v.stream is not None:
             v.stream.misses += 1
-            v.stream.fade_in_next = True
             nv, item = self._new_voice(v.slot, v.buf, at, False, 1.0, False, stream=v.stream)
         else:
             if total is not None and p >= total:
@@ -471,6 +472,7 @@ class RtPlayer:
             if n:
                 self._underflows += n
                 self._last_underflow_time = time.monotonic()
+                self._last_underflow_frame = self._stream_base + max(0, self._blocks_total - 1) * self.blocksize
             probe_t = float(self._probe.actual_time)
             if probe_t > 0.0 and self._blocks_total > 0:
                 if self._clock_exact:
@@ -507,7 +509,8 @@ class RtPlayer:
                 if v.stream is None:
                     levels[slot] = window_peak(v.buf, q - win, q, v.loop) * abs(v.gain)
                 else:
-                    levels[slot] = window_peak(v.mirror, max(0, p - win), p, False) if p <= v.written else 0.0
+                    seen = v.render(max(0, p - win), min(win, p))
+                    levels[slot] = float(np.abs(seen).max()) if seen.size else 0.0
             voices = len(self._voices)
         return {
             "backend": "rtmixer",
@@ -517,13 +520,14 @@ class RtPlayer:
             "underflows": self._underflows,
             "xruns": self._underflows,
             "last_underflow_time": self._last_underflow_time,
-            "last_underflow_frame": -1 if self._last_underflow_time is None else frame,
+            "last_underflow_frame": self._last_underflow_frame,
             "slots_playing": sorted(playing),
             "slot_levels": levels,
             "slot_positions": positions,
             "voices_active": voices,
             "misses": self.misses,
             "stream_errors": self.stream_errors,
+            "ports": list(self.ports),
             "bpm": self._bpm,
             "origin": self._origin,
             "latency": self._latency,
@@ -548,3 +552,13 @@ def _close_bounded(m: Any, timeout: float) -> bool:
     t.start()
     t.join(max(0.0, timeout))
     return not t.is_alive()
+
+
+def make_player(settings: AudioSettings, tempo: TempoSource | None = None) -> Any:
+    """The player ``settings.backend`` names: :class:`RtPlayer` (rtmixer, the default) or the
+    Python reference :class:`~livegen.output.player.Player`."""
+    if getattr(settings, "backend", "rtmixer") == "python":
+        from livegen.output.player import Player
+
+        return Player(settings, tempo)
+    return RtPlayer(settings, tempo)

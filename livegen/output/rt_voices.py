@@ -199,7 +199,8 @@ class RtVoice:
         self.ring: Any = None
         self.action: Any = None
         self.stream: Any = None  # an RtStreamVoice feeds this voice instead of ``buf``
-        self.mirror: np.ndarray | None = None  # a stream voice: a copy of what its ring holds (for cuts)
+        self.mirror: np.ndarray | None = None  # a stream voice: its ring's memory (absolute position p at p % size)
+        self.data_end = 0  # a stream voice: ring position after the last data placed (silence follows)
         self.approx = False  # ``start`` is an estimate until the callback stamps the action
 
     @property
@@ -213,7 +214,7 @@ class RtVoice:
         """Timeline positions [p, p + n) gained and faded, (m, C) float32 with m <= n (the end)."""
         if self.mirror is not None:  # a stream voice: what was written (already gained and faded)
             size = self.mirror.shape[0]
-            n = max(0, min(n, self.written - p, size))
+            n = max(0, min(n, self.data_end - p, size))
             return np.ascontiguousarray(self.mirror[np.arange(p, p + n) % size])
         total = self.total
         if total is not None:
@@ -240,11 +241,10 @@ class RtVoice:
 class RtStreamVoice:
     """A streaming voice (the contract's StreamVoice) on the rtmixer player.
 
-    ``write`` queues chunks in Python (never blocks); the feeder moves them into the voice's ring.
-    When the producer falls behind and the ring would run dry (an empty ring ends an rtmixer
-    action), the feeder fades the last ``fade`` frames out and pads silence (a miss, counted);
-    the next data fades back in. The last ``fade`` frames written are held back until more data
-    comes or the voice is closed, so a fade-out is always possible."""
+    ``write`` queues chunks in Python (never blocks); the feeder places them in the voice's ring
+    (:func:`livegen.output.feeder.feed_stream`: always followed by silence, so the rtmixer action
+    never finds its ring empty). A chunk that comes too late to follow the previous one seamlessly
+    starts a little ahead of the callback instead, faded in: a miss, counted."""
 
     def __init__(self, player: Any, slot: int, gain: float, capacity_frames: int) -> None:
         self._player = player
@@ -255,11 +255,10 @@ class RtStreamVoice:
         self._pending_frames = 0
         self._lock = threading.Lock()
         self.total_written = 0  # frames accepted by write()
-        self.padded = 0  # frames of silence the feeder inserted (misses)
+        self.padded = 0  # frames of silence between chunks that came late (misses)
         self.misses = 0
         self.closed = False
         self.cancelled = False
-        self.fade_in_next = False
         self.start_frame: int | None = None
         self.voice: RtVoice | None = None
 
@@ -297,18 +296,16 @@ class RtStreamVoice:
             self._pending_frames -= n
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def take_tail(self) -> np.ndarray | None:
-        """Everything queued (the held-back tail), to be faded out before a pad."""
-        with self._lock:
-            n = self._pending_frames
-        return self.take(n, 0) if n > 0 else None
-
     @property
     def queued_frames(self) -> int:
         return self._pending_frames
 
     def total_frames(self) -> int | None:
-        return self.total_written + self.padded if self.closed else None
+        """Frames of the voice's timeline once everything is placed (gaps of misses included)."""
+        v = self.voice
+        if not self.closed or self._pending_frames or v is None:
+            return None
+        return v.data_end
 
     def start(self, launch: str = "now", at_frame: int | None = None) -> int:
         self.start_frame = self._player._start_stream(self, launch, at_frame)

@@ -142,33 +142,68 @@ def test_slot_end_frame_and_at_frame_continue_a_clip_seamlessly():
     assert np.array_equal(x[3000:5000], b.T) and rt.slot_end_frame(0) is None
 
 
-def test_stream_voice_plays_what_is_written_and_pads_faded_silence_when_late():
+def test_stream_voice_chunks_in_time_play_seamlessly():
+    rt, m, _ = _pair(fade_ms=1.0)
+    data = _noise(31, 12000, amp=0.5)
+    sv = rt.open_stream(2, gain=0.5)
+    sv.write(data[:, :3000])
+    assert sv.start("bar", at_frame=1000) == 1000
+    out = []
+    for i in range(60):
+        if i in (5, 12, 20):  # each chunk comes before the previous one has played out
+            k = {5: 3000, 12: 6000, 20: 9000}[i]
+            sv.write(data[:, k:k + 3000])
+        if i == 20:
+            sv.close()
+        rt.pump()
+        out.append(m.render())
+    x = np.concatenate(out)
+    assert np.array_equal(x[1000:13000], (0.5 * data.T).astype(np.float32))
+    assert np.all(x[:1000] == 0) and np.all(x[13000:] == 0)
+    assert sv.misses == 0 and rt.misses == 0
+    assert rt.slot_end_frame(2) is None and rt.stats()["slots_playing"] == []
+
+
+def test_stream_voice_waits_silently_for_a_late_chunk_and_counts_a_miss():
     rt, m, _ = _pair(fade_ms=1.0)
     data = _noise(30, 8000, amp=0.5)
     sv = rt.open_stream(2, gain=0.5)
     sv.write(data[:, :6000])
-    start = sv.start("now")
+    assert sv.start("now") == 0
     out = []
-    for _ in range(10):  # 2560 frames: the ring still holds more than STREAM_LOW_SECONDS
+    for _ in range(40):  # 10240 frames: the producer is late after 6000
         rt.pump()
         out.append(m.render())
     x = np.concatenate(out)
-    assert start == 0 and sv.misses == 0
-    assert np.allclose(x[:2000], 0.5 * data[:, :2000].T, atol=1e-7)
-    for _ in range(40):  # the producer is late: the ring would run dry
-        rt.pump()
-        out.append(m.render())
-    assert sv.misses >= 1 and rt.misses == 0  # padded by the feeder, the action never died
+    assert np.allclose(x[:6000], 0.5 * data[:, :6000].T, atol=1e-7) and np.all(x[6000:] == 0)
+    assert rt.misses == 0 and rt.stats()["slots_playing"] == [2]  # the ring never ran empty: silence follows
     sv.write(data[:, 6000:])
     sv.close()
     for _ in range(60):
         rt.pump()
         out.append(m.render())
     x = np.concatenate(out)[:, 0]
-    assert np.max(np.abs(np.diff(x))) < 0.5  # the pad was faded in and out
-    played = np.count_nonzero(x)
-    assert 7900 <= played <= 8000  # everything written was heard (minus the faded edges' zeros)
+    assert sv.misses == 1 and sv.padded > 0
+    late = x[10240:]
+    nz = np.flatnonzero(late)
+    assert nz.size == 2000 and nz[-1] - nz[0] == 1999  # the late chunk whole, in one piece
+    assert nz[0] <= rt._margin + BLOCK  # right ahead of where the callback read
+    assert np.allclose(late[nz[0] + rt.fade:nz[0] + 2000], 0.5 * data[0, 6000 + rt.fade:], atol=1e-7)
     assert rt.slot_end_frame(2) is None and rt.stats()["slots_playing"] == []
+
+
+def test_stream_voice_cancel_fades_out():
+    rt, m, _ = _pair(fade_ms=2.0)
+    sv = rt.open_stream(1)
+    sv.write(np.full((2, 20000), 0.5, np.float32))
+    sv.start("now")
+    out = [m.render() for _ in range(4) if rt.pump() is None]
+    sv.cancel()
+    cut = rt._slots.get(1) is None
+    out += [m.render() for _ in range(6) if rt.pump() is None]
+    x = np.concatenate(out)[:, 0]
+    assert cut and np.all(x[-3 * BLOCK:] == 0)
+    assert np.max(np.abs(np.diff(x))) < 0.5 / rt.fade * 4  # a ramp, not a step
 
 
 def test_a_ring_that_runs_dry_is_restarted_and_counted():
