@@ -29,7 +29,7 @@ MIDI_NAME = "lgfb"
 RECORDER = "lgfbrec"
 OUT_PORT = f"{MIDI_NAME}_out:midi_out"
 
-MAPPING = f"""\
+MAPPING_TEMPLATE = """\
 name: feedback
 params:
   prompt: test tone
@@ -47,7 +47,7 @@ osc:
     prompt: "osc pad {{pad}}"
     seconds: 0.1
 feedback:
-  connect: [{RECORDER}:input]
+  connect: ["{RECORDER}:input"]
   pads:
     - note: 60-61            # slot 0: note 60, slot 1: note 61
       channel: 1
@@ -60,10 +60,12 @@ feedback:
     cached: {{value: 40}}
     playing: {{value: 50, channel: 2}}
 """
+MAPPING = MAPPING_TEMPLATE.format(RECORDER=RECORDER)
 
 # what each state sends to note 60+slot (channel 1 = status 0x90; 3 -> 0x92; 2 -> 0x91) and cc 20+slot
-NOTE = {"idle": (0x90, 0), "queued": (0x90, 10), "rendering": (0x92, 20), "playing": (0x91, 50)}
-CC = {"idle": (0xB4, 0), "queued": (0xB4, 10), "rendering": (0xB2, 20), "playing": (0xB1, 50)}
+NOTE = {"idle": (0x90, 0), "queued": (0x90, 10), "rendering": (0x92, 20), "cached": (0x90, 40),
+        "playing": (0x91, 50)}
+CC = {"idle": (0xB4, 0), "queued": (0xB4, 10), "rendering": (0xB2, 20), "cached": (0xB4, 40), "playing": (0xB1, 50)}
 SEQUENCE = ("queued", "rendering", "playing", "idle")
 
 NOTE_SENDER = r"""
@@ -189,7 +191,8 @@ def test_a_late_controller_is_connected_and_gets_every_led(fb_daemon, recorder):
 @pytest.mark.parametrize("how", ["jack_midi", "osc"])
 def test_a_pad_hit_lights_its_leds_through_every_state_in_order(fb_daemon, recorder, how):
     slot = 0 if how == "jack_midi" else 1
-    recorder.wait(lambda ms: len(led(ms, "note", 60 + slot)) >= 1, timeout=10)  # connected: the idle look came
+    # connected: the idle looks came (both LEDs, so that none of them arrives after the mark)
+    recorder.wait(lambda ms: led(ms, "note", 60 + slot) and led(ms, "cc", 20 + slot), timeout=10)
     mark = recorder.mark()
     status = fb_daemon.status.mark()
     if how == "jack_midi":
@@ -226,3 +229,41 @@ def test_a_controller_that_comes_back_is_connected_again_and_gets_every_led(fb_d
         assert "MIDI feedback port 'lgfbrec:input' is connected again." in fb_daemon.log_text()
     finally:
         again.close()
+
+
+def changes(states: list[str]) -> list[str]:
+    return [x for i, x in enumerate(states) if i == 0 or states[i - 1] != x]
+
+
+def test_pre_rendered_pads_show_cached_and_the_leds_follow_every_state(jack_server, tiny_model, tmp_path_factory):
+    """With pre-rendering the pads light 'cached' when variations are ready; a hit plays one
+    (playing) and the pad goes back by idle to cached as the cache refills: the LED messages are
+    exactly the slot states pushed over OSC, in order."""
+    name = "lgfbpre"
+    d = start_daemon(tmp_path_factory.mktemp("feedback-pre"), tiny_model, midi_port=name, prerender=True,
+                     mapping_text=MAPPING_TEMPLATE.format(RECORDER=f"{name}rec"))
+    rec = None
+    try:
+        wait_for_port(f"{name}_out:midi_out")
+        status = d.status.mark()
+        rec = MidiRecorder(f"{name}rec")
+        rec.wait(lambda ms: (0x90, 60, 40) in ms and (0xB4, 20, 40) in ms, timeout=120)  # a variation is ready
+        mark = rec.mark()
+        env = dict(os.environ, JACK_NO_START_SERVER="1")
+        proc = subprocess.run([sys.executable, "-c", NOTE_SENDER, f"{name}:midi_in", "60"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        rec.wait(lambda ms: (0x91, 60, 50) in ms and led(ms, "note", 60)[-1:] == [(0x90, 60, 40)] and
+                 led(ms, "cc", 20)[-1:] == [(0xB4, 20, 40)], mark, timeout=120)
+        time.sleep(0.5)  # anything after the last change
+        got = rec.messages[mark:]
+        pushed = changes([m.params[1] for m in d.status.since(status)
+                          if m.address == "/livegen/slot" and m.params[0] == 0])
+        states = pushed[pushed.index("cached") + 1:]  # after the state the recorder saw before the hit
+        assert "playing" in states and states[-1] == "cached", pushed
+        assert led(got, "note", 60) == expected(NOTE, 60, states), (got, pushed)
+        assert led(got, "cc", 20) == expected(CC, 20, states), (got, pushed)
+    finally:
+        if rec is not None:
+            rec.close()
+        stop_daemon(d)
