@@ -144,10 +144,11 @@ CLOCK_MESSAGES = ("clock", "start", "continue", "stop", "songpos")
 
 
 class TempoSource(str, enum.Enum):
-    """Where the tempo in force comes from (``tempo.source``; Ableton Link is not one yet)."""
+    """Where the tempo in force comes from (``tempo.source``)."""
 
     INTERNAL = "internal"
     MIDI_CLOCK = "midi_clock"
+    LINK = "link"  # the Ableton Link session (livegen.link_clock sets bpm from it, origin "link")
 
 
 class Session:
@@ -209,9 +210,13 @@ class Session:
     # ------------------------------------------------------------------ the MIDI clock
     @property
     def tempo_source(self) -> TempoSource:
-        """``midi_clock`` when the settings (``tempo.source``) or a mapping's ``tempo`` rule say
-        so, else ``internal``."""
-        if getattr(self.settings.tempo, "source", "internal") == TempoSource.MIDI_CLOCK or self.mapper.follows_clock:
+        """``link`` when the settings (``tempo.source``) say so (a mapping's ``tempo`` rule then
+        follows nothing); ``midi_clock`` when the settings or a mapping's ``tempo`` rule say so;
+        else ``internal``."""
+        source = getattr(self.settings.tempo, "source", "internal")
+        if source == TempoSource.LINK:
+            return TempoSource.LINK
+        if source == TempoSource.MIDI_CLOCK or self.mapper.follows_clock:
             return TempoSource.MIDI_CLOCK
         return TempoSource.INTERNAL
 
