@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from livegen.limits import Limits
+from livegen.limits import EngineKind, Limits
 from livegen.mapping import Mapper
 from livegen.request import RequestError, check_duration, unknown_sampler
 from livegen.session import Session
@@ -83,6 +83,12 @@ def check_mapping(mapper: Mapper, settings: Any, limits: Limits) -> Findings:
                                     f"this daemon has {', '.join(sorted(limits.models))}.")
         elif rule.action == "set" and o.get("param") in ("seconds", "bars", "steps"):
             _check_set_range(rule, o, session, caps, found, bpm, bpb, limits)
+        elif rule.action in ("extend", "vary") and limits.models:
+            kind, what = ((EngineKind.MUSICGEN, "MusicGen") if rule.action == "extend"
+                          else (EngineKind.STABLE_AUDIO, "Stable Audio"))
+            if not any(c.engine is kind for c in limits.models.values()):
+                found.warnings.append(f"{rule.where()}: {rule.describe()}: {rule.action} needs a {what} model and "
+                                      "this daemon has none; the rule will be refused.")
     _check_feedback(mapper, settings, found)
     return found
 

@@ -371,3 +371,21 @@ def test_the_shipped_mappings_write_bpm_and_key_into_the_pad_prompts():
         assert prompts, path
         for p in prompts:
             assert p == "{pad_prompt}, {bpm} bpm, {key} {scale}", (path.name, p)
+
+
+def test_start_up_warns_about_extend_and_vary_rules_without_their_model():
+    from livegen import preflight
+    from livegen.limits import Limits
+
+    mapper = Mapper.from_yaml(MAPPING, "test.yaml")
+    settings = make({"default": SA}).settings
+    found = preflight.check_mapping(mapper, settings, Limits(models={"default": SA}))
+    assert found.warnings == [
+        "test.yaml:11: note 48-49 on any channel: extend needs a MusicGen model and this daemon has none; "
+        "the rule will be refused.",
+        "test.yaml:22: OSC /ext/{pad}: extend needs a MusicGen model and this daemon has none; the rule will be "
+        "refused."]
+    found = preflight.check_mapping(mapper, settings, Limits(models={"mg": MG}))
+    assert found.warnings == ["test.yaml:13: note 50 on any channel: vary needs a Stable Audio model and this "
+                              "daemon has none; the rule will be refused."]
+    assert not preflight.check_mapping(mapper, settings, Limits(models={"default": SA, "mg": MG})).warnings
