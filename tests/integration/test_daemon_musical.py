@@ -63,10 +63,8 @@ def params(daemon, client):
 
 
 @pytest.mark.realtime
-@pytest.mark.xfail(strict=True, reason="the players choke the slot's clip at the extension's start frame "
-                   "(tests/test_musical.py SAME_SLOT_CHOKE), and a streamed loop's passes are not the clip sample "
-                   "for sample (measured: one period skipped after the first 512 frames; with audio.stream off "
-                   "the rtmixer loop's phase jumped 413 frames once in 2 s)")
+@pytest.mark.xfail(strict=True, reason="the players (Python and rtmixer alike) fade the extension in at the "
+                   "same-slot join: tests/test_musical.py SAME_SLOT_CHOKE")
 def test_an_extension_follows_the_looping_clip_with_no_gap_or_overlap(daemon, client, params):
     recorder = Recorder(daemon.ports, seconds=30.0, name="lgrec-extend")
     time.sleep(0.3)
