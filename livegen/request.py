@@ -60,11 +60,9 @@ class Request:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as plain values; the source clip is named by its job, not copied."""
+        """The fields as plain values (``Request(**d)`` takes them back); the source clip is left out."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
         d["outputs"] = list(self.outputs)
-        if self.source is not None:
-            d["source_job"] = self.source.job_id
         return d
 
     def validate(self, lim: limits.Limits | None = None) -> None:

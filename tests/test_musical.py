@@ -155,8 +155,10 @@ def test_extend_continues_the_slot_clip_with_musicgen():
     assert (m.action, m.slot) == ("extend", 1)
     (o,) = queued(s.osc("/ext/1", (0.15,), ORIGIN))
     assert (o.action, o.slot, o.seconds) == ("extend", 1, 0.15)
-    # the request names its source clip by job in its plain form (sidecar, cache)
-    assert r.to_dict()["source_job"] == src.job_id and "source" not in r.to_dict()
+    # its plain form (the pre-render cache's metadata) leaves the audio out and makes a request again
+    plain = r.to_dict()
+    assert "source" not in plain and plain["action"] == "extend"
+    assert Request(**{**plain, "outputs": tuple(plain["outputs"])}) == r
 
 
 def test_vary_renders_audio_to_audio_from_the_slot_clip_with_stable_audio():
