@@ -5,8 +5,12 @@ waits: preparing a clip for the stream (resampling, channel matching) and schedu
 player (the play pool), and writing the WAV and its sidecar (the write pool). A clip is written
 only when its request lists the ``folder`` output (the session fills that from the settings when
 a message is silent). ``/livegen/done`` follows the file (its path) or, without the folder, the
-clip. A stop bumps the slot's epoch: a clip of that slot still on its way to the player is
-dropped instead of starting after the stop.
+clip. A stop bumps the slot's epoch: a clip of that slot still on its way to the player (being
+resampled, or waiting for the play pool) is dropped instead of starting after the stop; one whose
+scheduling was under way when the stop came is stopped right after it is scheduled (the epoch is
+read again then), and one already queued in the player for a later launch is cancelled by the
+player's ``stop_slot``. The delivery's state (epochs, slot clips, counters) changes on the event
+loop only; the pools read it and hand their results back.
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ class Delivery:
             slot = request.slot if request.slot is not None else UNSLOTTED_BASE + clip.job_id % max(1, self.voices)
             epoch = self.slot_epochs.get(slot, 0)
             fut = loop.run_in_executor(self._play_pool, self._prepare_and_play, slot, clip, epoch)
-            self._track(fut, request.origin, clip.job_id, slot=slot)
+            self._track(fut, request.origin, clip.job_id, slot=slot, keep=request)
         if "folder" in request.outputs and self.folder is not None:
             fut = loop.run_in_executor(self._write_pool, self._write, clip)
             self._track(fut, request.origin, clip.job_id, clip=clip)
@@ -125,7 +129,7 @@ class Delivery:
         audio, request = self.slot_clips[slot]
         epoch = self.slot_epochs.get(slot, 0)
         fut = asyncio.get_running_loop().run_in_executor(
-            self._play_pool, self._schedule, slot, audio, request, epoch)
+            self._play_pool, self._schedule_audio, slot, audio, request, epoch)
         self._track(fut, origin, 0, slot=slot)
         return None
 
@@ -143,7 +147,9 @@ class Delivery:
             self.player.stop_slot(slot)
 
     def _track(self, fut: asyncio.Future, origin: str | None, job: int, clip: Clip | None = None,
-               slot: int | None = None) -> None:
+               slot: int | None = None, keep: Request | None = None) -> None:
+        """Follow a pool's future on the loop. Play futures give ``(start frame or None, audio)``;
+        with ``keep`` (a delivered clip's request) the prepared audio becomes the slot's clip."""
         self._pending.add(fut)
 
         def finished(f: asyncio.Future) -> None:
@@ -156,9 +162,16 @@ class Delivery:
                 log.debug("%s failed", what, exc_info=exc)
                 self.replies.error(origin, f"{what} failed: {exc}", job)
             elif clip is not None:
+                self.files_written += 1
                 self.replies.send(origin, verbs.DONE, job, str(f.result()), float(clip.seconds))
-            elif slot is not None and f.result() is not None and self.on_playing is not None:
-                self.on_playing(slot)  # scheduled on the player (not dropped by a stop on its way)
+            elif slot is not None:
+                start, audio = f.result()
+                if keep is not None and keep.slot is not None:
+                    self.slot_clips[keep.slot] = (audio, keep)  # for re-triggers, even if stopped on its way
+                if start is not None:
+                    self.clips_played += 1
+                    if self.on_playing is not None:
+                        self.on_playing(slot)  # scheduled on the player (not dropped by a stop on its way)
             if job in self.late_extensions:
                 self.late_extensions.discard(job)
                 self.replies.ack(origin, job, f"extension of slot {slot} came after its clip ended: it starts on "
@@ -183,14 +196,16 @@ class Delivery:
             audio = resample(audio, clip.sample_rate, self.player.sample_rate)
         return np.ascontiguousarray(match_channels(audio, self.player.channels), dtype=np.float32)
 
-    def _prepare_and_play(self, slot: int, clip: Clip, epoch: int) -> int | None:
+    def _prepare_and_play(self, slot: int, clip: Clip, epoch: int) -> tuple[int | None, np.ndarray]:
         audio = self._stream_audio(clip)
         at_frame = None
         if clip.request.action == "extend" and self.slot_epochs.get(slot, 0) == epoch:
             at_frame = self._extension_frame(slot, clip)  # from the slot's clip before this one replaces it
-        if clip.request.slot is not None:
-            self.slot_clips[clip.request.slot] = (audio, clip.request)
-        return self._schedule(slot, audio, clip.request, epoch, at_frame)
+        return self._schedule(slot, audio, clip.request, epoch, at_frame), audio
+
+    def _schedule_audio(self, slot: int, audio: np.ndarray, request: Request,
+                        epoch: int) -> tuple[int | None, np.ndarray]:
+        return self._schedule(slot, audio, request, epoch), audio
 
     def _extension_frame(self, slot: int, clip: Clip) -> int | None:
         """Where the slot's clip ends (livegen.musical.extension_frame); None: late, on the grid."""
@@ -211,11 +226,12 @@ class Delivery:
         extra = {} if at_frame is None else {"at_frame": at_frame}  # an extension joins the slot's clip
         start = self.player.schedule(slot, audio, loop=request.loop, gain=request.gain, launch=request.launch,
                                      **extra)
-        self.clips_played += 1
+        if self.slot_epochs.get(slot, 0) != epoch:  # the stop came while it was being scheduled
+            self.player.stop_slot(slot)  # (a later clip of the slot waits behind this one in the pool)
+            log.info("slot %d was stopped while its clip was being scheduled: stopped", slot)
+            return None
         return start
 
     # ---- write pool thread --------------------------------------------------------------
     def _write(self, clip: Clip) -> Path:
-        path = self.folder.write(clip)
-        self.files_written += 1
-        return path
+        return self.folder.write(clip)

@@ -148,7 +148,7 @@ def write_settings(path: Path, model: dict, port: int, status_port: int, folder:
                    mapping: Path, audio: bool = True, midi: bool = True, midi_port: str = MIDI_PORT,
                    prerender: bool = False, musicgen: bool = False, finish_running_on_shutdown: bool = False,
                    midi_connect: list[str] | None = None, web_port: int | None = None,
-                   web_host: str | None = None) -> None:
+                   web_host: str | None = None, audio_lines: tuple[str, ...] = ()) -> None:
     lines = [
         "models:",
         "  default:",
@@ -169,6 +169,7 @@ def write_settings(path: Path, model: dict, port: int, status_port: int, folder:
         *([f"  connect: [{', '.join(midi_connect)}]"] if midi_connect else []),
         "audio:",
         f"  enabled: {'true' if audio else 'false'}",
+        *(f"  {line}" for line in audio_lines),  # more audio settings, e.g. "stream: false"
         "engine:",
         "  warmup_seconds: [0.1]",
         "  max_seconds: 0.5",
@@ -190,7 +191,7 @@ def start_daemon(tmp: Path, model: dict, audio: bool = True, midi: bool = True,
                  folder: bool = True, midi_port: str = MIDI_PORT, prerender: bool = False,
                  musicgen: bool = False, mapping_text: str = MAPPING, finish_running_on_shutdown: bool = False,
                  midi_connect: list[str] | None = None, web_port: int | None = None,
-                 web_host: str | None = None) -> Daemon:
+                 web_host: str | None = None, audio_lines: tuple[str, ...] = ()) -> Daemon:
     tmp.mkdir(parents=True, exist_ok=True)
     daw = tmp / "daw"
     daw.mkdir(exist_ok=True)
@@ -201,7 +202,7 @@ def start_daemon(tmp: Path, model: dict, audio: bool = True, midi: bool = True,
     config = tmp / "livegen.yaml"
     write_settings(config, model, port, status.port, daw if folder else None, mapping, audio, midi, midi_port,
                    prerender, musicgen, finish_running_on_shutdown, midi_connect, web_port=web_port,
-                   web_host=web_host)
+                   web_host=web_host, audio_lines=audio_lines)
     env = dict(os.environ, JACK_NO_START_SERVER="1", PYTHONUNBUFFERED="1",
                LIVEGEN_CACHE=str(model["cache"]), PYTHONPATH=str(REPO))
     log = tmp / "daemon.log"

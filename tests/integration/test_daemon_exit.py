@@ -31,6 +31,7 @@ def _assert_clean_exit(daemon, rc: int, seconds: float) -> str:
     assert seconds < EXIT_WITHIN, f"exited {seconds:.2f} s after SIGTERM:\n{log}"
     assert "stopped in" in log, log
     assert not [a for a in ABORTS if a in log], log
+    assert "without interpreter finalisation" not in log, log  # the normal way out, not the last resort
     return log
 
 
