@@ -217,3 +217,36 @@ def test_resampling_does_not_hold_the_gil():
         ticker.join()
     # a call that held the GIL would stall the ticker for about as long as it ran (~0.1 s)
     assert max(gaps) < max(0.5 * took, 0.02), (max(gaps), took)
+
+
+def test_resampling_in_pieces_equals_one_call_and_keeps_gil_holds_short():
+    """Long clips are resampled piece by piece (soxr holds the GIL while a call computes): the same
+    samples as one call, and no Python thread waits more than a few ms for the GIL meanwhile."""
+    from livegen.audio_io import RESAMPLE_CHUNK_FRAMES
+
+    x = np.random.default_rng(1).standard_normal((2, 30 * 32000 + 17)).astype(np.float32)
+    whole = resample(x, 32000, 44100, chunk_frames=None)
+    np.testing.assert_array_equal(resample(x, 32000, 44100), whole)
+    np.testing.assert_array_equal(resample(x[0], 32000, 44100), whole[0])
+    short = x[:, : RESAMPLE_CHUNK_FRAMES // 2]
+    np.testing.assert_array_equal(resample(short, 32000, 44100), resample(short, 32000, 44100, chunk_frames=None))
+    gaps: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            time.sleep(0.0002)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    time.sleep(0.02)
+    try:
+        resample(x, 32000, 44100)
+    finally:
+        stop.set()
+        ticker.join()
+    assert max(gaps) < 0.010, max(gaps)  # one call on 10 s held it for ~10 ms on the CPU test machine
