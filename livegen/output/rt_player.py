@@ -52,13 +52,14 @@ from livegen.output.rt_voices import (
     ring_action,
     stats_action,
 )
+from livegen.output.stream_guard import StreamGuard, abandon_portaudio, close_bounded
 from livegen.settings import AudioSettings, TempoSettings
 
 log = logging.getLogger("livegen.audio")
 
 _SILENT = np.zeros((1, 8), np.float32)  # the clock probe's one frame (8: the most channels)
 ACTION_QUEUE = 1024  # rtmixer's action and result queues (a power of two)
-STATS_PERIOD = 0.25  # seconds between two reads of the callback's block and underflow counts
+STATS_PERIOD = 0.04  # seconds between two reads of the callback's counters (also the stall detector's ping)
 
 
 class RtPlayer:
@@ -107,6 +108,9 @@ class RtPlayer:
         self.guard: Any = None
         self.stream_errors = 0
         self.ports: list[str] = []  # the JACK ports (empty elsewhere)
+        self.on_fault: Any = None  # called (from the guard's thread) with a sentence when the stream fails
+        self.on_recover: Any = None
+        self._stats_posted = 0.0  # when the outstanding counters fetch was posted (monotonic)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -117,6 +121,8 @@ class RtPlayer:
             return
         self._open()
         self._start_feeder_if_real()
+        self.guard = StreamGuard(self, self.on_fault, self.on_recover)
+        self.guard.start()
 
     def _start_feeder_if_real(self) -> None:
         if not self._external and self._feeder is None:
@@ -144,7 +150,7 @@ class RtPlayer:
                     raise OSError("the audio stream started but its callback never ran")
                 time.sleep(0.001)
         except BaseException:
-            _close_bounded(m, 1.0)
+            close_bounded(m, 1.0)
             raise
         with self._lock:
             old = self._m is not None or self._blocks_total > 0
@@ -167,8 +173,9 @@ class RtPlayer:
             self._feeder.stop(max(0.0, t_end - time.monotonic()) / 2)
             self._feeder = None
         m, self._m = self._m, None
-        if m is not None:
-            _close_bounded(m, max(0.0, t_end - time.monotonic()))
+        if m is not None and not close_bounded(m, max(0.0, t_end - time.monotonic())):
+            log.warning("the audio stream did not close in %.1f s (a dead audio server?); left behind", timeout)
+            abandon_portaudio()
 
     def __enter__(self) -> RtPlayer:
         self.start()
@@ -485,7 +492,29 @@ class RtPlayer:
         now = time.monotonic()
         if a is None and (self._external or now - self._stats_at >= STATS_PERIOD):
             enqueue_chain(self._m, self._clock_probe())
-            self._stats_at = now
+            self._stats_at = self._stats_posted = now
+
+    def callback_silence(self) -> float:
+        """Seconds the outstanding counters fetch has waited for the callback (0: none waits)."""
+        with self._lock:
+            if self._stats_act is None or self._m is None:
+                return 0.0
+            if is_done(self._m, self._stats_act):
+                return 0.0
+            return time.monotonic() - self._stats_posted
+
+    def detach_stream(self) -> Any:
+        """Take the (dead) stream away from the player: the feeder stops touching it."""
+        with self._lock:
+            m, self._m = self._m, None
+            self._voices = []
+            self._slots = {}
+            self._stats_act = None
+            return m
+
+    def reopen(self) -> None:
+        """Open a new stream (after a failure); the frame clock goes on from where it was."""
+        self._open()
 
     # ------------------------------------------------------------------ status
     def stats(self) -> dict[str, Any]:
@@ -534,24 +563,6 @@ class RtPlayer:
             "running": self.running,
             "stalled": bool(self.stalled),
         }
-
-
-def _close_bounded(m: Any, timeout: float) -> bool:
-    """Stop and close a PortAudio stream on a helper thread; True when it finished in time."""
-    def stop() -> None:
-        try:
-            m.stop()
-        except Exception:  # a dead server: nothing left to stop
-            pass
-        try:
-            m.close()
-        except Exception:
-            pass
-
-    t = threading.Thread(target=stop, name="livegen-stream-close", daemon=True)
-    t.start()
-    t.join(max(0.0, timeout))
-    return not t.is_alive()
 
 
 def make_player(settings: AudioSettings, tempo: TempoSource | None = None) -> Any:
