@@ -10,10 +10,11 @@ thread); the event loop only creates it, asks for its stats and stops it.
   re-trigger and a loop's buffer, so what sounds again is what sounded.
 - **When it starts**: at the first launch point of the request (``now``/``beat``/``bar``) that the
   stream can fill without running dry. The production rate (model frames per second of wall time)
-  is measured between the first chunks (or taken from the last streams of the same model, so a
-  warm daemon decides on the first chunk); with ``r`` that rate, ``n`` the frames still to come and
-  ``N`` the clip, the voice must start ``max(0, SAFETY * n / r - N / rate) + MARGIN_SECONDS``
-  from now at the earliest. If the estimate misses, the voice plays silence until data arrives
+  is measured over the stream's first ``MEASURE_CHUNKS`` chunks (the slower of that and the rate
+  remembered from the last streams of the same model is used; a warm daemon whose model ran clearly
+  faster than real time decides on the first chunk); with ``r`` that rate, ``n`` the frames still to come and
+  ``N`` the clip, the voice must start ``max(0, SAFETY * n / r - N / rate + MARGIN_SECONDS)``
+  from now at the earliest (0: the request's launch point, as a buffered clip would get it). If the estimate misses, the voice plays silence until data arrives
   (the player's StreamVoice counts each miss) and the misses are in ``stats()``.
 - **Loops**: the first pass is the stream; at its end the finished clip is written once more after
   it (and a little of its head), and a looping buffer voice is scheduled on the frame where that
@@ -41,7 +42,8 @@ from livegen.audio_io import match_channels, resampled_length
 
 log = logging.getLogger("livegen.stream")
 
-SAFETY = 1.25  # production is assumed this much slower than measured
+SAFETY = 1.5  # production is assumed this much slower than measured
+MEASURE_CHUNKS = 3  # chunks of the stream itself before its own rate is trusted
 MARGIN_SECONDS = 0.05  # plus this much of lead (scheduling jitter, one GIL stall)
 HEAD_SECONDS = 0.05  # a loop's stream carries this much of the next pass's head past the switch
 
@@ -59,10 +61,26 @@ class StreamStats:
     last_lead_seconds: float | None = None  # the lead chosen for the last stream
     last_first_chunk_seconds: float | None = None  # begin -> first chunk of the last stream
     rates: dict[str, float] = field(default_factory=dict)  # model -> measured frames/s (model rate)
-    live: list[Any] = field(default_factory=list)
+    live: list[Any] = field(default_factory=list)  # sinks whose voice may still play (their misses count)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, sink: Any) -> None:
+        with self.lock:
+            self.live.append(sink)
+
+    def retire(self, sink: Any) -> None:
+        """The sink's voice is over: its misses join the total."""
+        with self.lock:
+            if sink in self.live:
+                self.live.remove(sink)
+                self.misses += int(getattr(sink.voice, "misses", 0) or 0)
 
     def as_dict(self) -> dict[str, Any]:
-        live_misses = sum(int(getattr(s.voice, "misses", 0) or 0) for s in self.live if s.voice is not None)
+        for sink in list(self.live):
+            if sink.played_out():
+                self.retire(sink)
+        with self.lock:
+            live_misses = sum(int(getattr(s.voice, "misses", 0) or 0) for s in self.live if s.voice is not None)
         return {"streams": self.streams, "started": self.started, "finished": self.finished,
                 "stopped": self.stopped, "failed": self.failed, "misses": self.misses + live_misses,
                 "active": len(self.live), "last_lead_seconds": self.last_lead_seconds,
@@ -74,15 +92,18 @@ def lead_seconds(rate: float, remaining: int, total: int, sample_rate: int) -> f
     """Seconds from now after which a clip of ``total`` frames (``sample_rate``), of which
     ``remaining`` are still to be produced at ``rate`` frames/s, plays without running dry."""
     if remaining <= 0:
-        return MARGIN_SECONDS
+        return 0.0
     if not rate > 0:
         return math.inf
-    return max(0.0, SAFETY * remaining / rate - total / float(sample_rate)) + MARGIN_SECONDS
+    return max(0.0, SAFETY * remaining / rate - total / float(sample_rate) + MARGIN_SECONDS)
 
 
 def launch_at_or_after(player: Any, frame: int, launch: str) -> int:
-    """The first ``launch`` point (now/beat/bar of the player's grid) at or after ``frame``."""
-    frame = max(int(frame), int(player.frame) + _block(player))
+    """The first ``launch`` point (now/beat/bar of the player's grid) at or after ``frame``; never
+    earlier than ``player.launch_frame(launch)`` (what a buffered clip launched now would get)."""
+    earliest = int(player.launch_frame(launch))
+    if frame <= earliest:
+        return earliest
     if launch not in ("beat", "bar"):
         return frame
     bpb = int(getattr(player, "beats_per_bar", None) or getattr(player, "_beats_per_bar", 4))
@@ -210,6 +231,15 @@ class StreamDelivery:
     def started(self) -> bool:
         return self.start_frame is not None
 
+    def played_out(self) -> bool:
+        """The voice is over: ended or stopped, and (when it played) past its last streamed frame."""
+        if self.ok is None and not self._stopped.is_set():
+            return False
+        if self.start_frame is None or self.audio is None or self._stopped.is_set():
+            return True
+        passes = 2 if self.request.loop else 1  # a loop's stream hands over after its second pass at most
+        return int(self.player.frame) > self.start_frame + passes * self.audio.shape[1] + 4 * _block(self.player)
+
     # ---- producer thread: the ChunkSink ---------------------------------------------------
     def begin(self, sample_rate: int, total_frames: int) -> None:
         self._t_begin = time.monotonic()
@@ -228,7 +258,7 @@ class StreamDelivery:
         if self._stopped.is_set():
             return
         self.voice = open_voice(self.player, self.slot, float(self.request.gain), capacity)
-        self.stats.live.append(self)
+        self.stats.add(self)
 
     def write(self, chunk: np.ndarray) -> None:
         if self._stopped.is_set() or self.voice is None:
@@ -245,40 +275,50 @@ class StreamDelivery:
         self._push(out)
         if not self.started:
             self._maybe_start(now, final=last)
+        if self._written_out >= self._total_out and self.audio is None:
+            self._finalize()
 
     def end(self, ok: bool) -> None:
         voice = self.voice
         if voice is None:
             self.ok = False
             return
-        try:
-            if not ok or self._stopped.is_set():
-                self.ok = False
-                if not ok:
-                    self.stats.failed += 1
-                voice.cancel()
-                return
-            if self._written_in < self._total_in:  # the producer wrote fewer frames than announced
+        if not ok or self._stopped.is_set():
+            self.ok = False
+            if not ok:
+                self.stats.failed += 1
+            voice.cancel()
+            self.stats.retire(self)
+            return
+        if self.audio is None:  # the producer wrote fewer frames than announced: padded
+            if self._written_in < self._total_in:
                 self._push(self._resample(np.zeros((int(self.player.channels), 0), np.float32), True))
-            audio = np.concatenate(self._chunks, axis=1) if self._chunks else np.zeros(
-                (int(self.player.channels), 0), np.float32)
-            audio = _fit(audio, self._total_out)
-            if audio.shape[1] > self._written_out:  # padding of a short stream
-                voice.write(audio[:, self._written_out:])
-            self.audio = audio
-            self._remember_rate()
-            if not self.started:
-                self._start(launch_at_or_after(self.player, self.player.launch_frame(self.request.launch),
-                                               self.request.launch), 0.0)
-            if self.request.loop and audio.shape[1] > 0:
-                self._continue_loop(voice, audio)
-            voice.close()
-            self.ok = True
-            self.stats.finished += 1
-        finally:
-            if self in self.stats.live:
-                self.stats.live.remove(self)
-            self.stats.misses += int(getattr(voice, "misses", 0) or 0)
+            self._finalize()
+        self._remember_rate()
+        self.ok = True
+        self.stats.finished += 1
+        rate = self._measured_rate()
+        log.info("slot %d: stream written (%d chunks in %.3f s from the first, %s frames/s overall; %d misses so far)",
+                 self.slot, len(self._times), self._times[-1][0] - self._times[0][0] if self._times else 0.0,
+                 f"{rate:.0f}" if rate is not None else "-", int(getattr(voice, "misses", 0) or 0))
+
+    def _finalize(self) -> None:
+        """Every frame is written: close the voice at once (a loop: after its next pass and the
+        buffer voice that takes over), so the voice never waits for data that will not come."""
+        voice = self.voice
+        audio = np.concatenate(self._chunks, axis=1) if self._chunks else np.zeros(
+            (int(self.player.channels), 0), np.float32)
+        audio = _fit(audio, self._total_out)
+        if audio.shape[1] > self._written_out:  # padding of a short stream
+            voice.write(audio[:, self._written_out:])
+            self._written_out = audio.shape[1]
+        self.audio = audio
+        if not self.started:
+            self._start(launch_at_or_after(self.player, self.player.launch_frame(self.request.launch),
+                                           self.request.launch), 0.0)
+        if self.request.loop and audio.shape[1] > 0:
+            self._continue_loop(voice, audio)
+        voice.close()
 
     # ---- internals ------------------------------------------------------------------------
     def _resample(self, x: np.ndarray, last: bool) -> np.ndarray:
@@ -303,16 +343,24 @@ class StreamDelivery:
         return (w1 - w0) / (t1 - t0) if t1 > t0 else math.inf
 
     def _maybe_start(self, now: float, final: bool) -> None:
+        """Start once the rate is known well enough: at once when the last streams of this model ran
+        clearly faster than real time (no lead needed even at twice SAFETY), else after
+        MEASURE_CHUNKS chunks, with the slower of this stream's rate and the remembered one."""
         remaining = self._total_in - self._written_in
-        rate = self._measured_rate()
-        if rate is None:
-            rate = self.stats.rates.get(self.model_key)
-        if not final and rate is None:
-            return  # the first chunk of a model never streamed before: measure on the next one
-        lead = lead_seconds(rate or math.inf, remaining, self._total_in, self._in_rate)
+        remembered = self.stats.rates.get(self.model_key)
+        measured = self._measured_rate() if len(self._times) >= MEASURE_CHUNKS else None
+        if final:
+            rate = math.inf
+        elif measured is not None:
+            rate = min(measured, remembered) if remembered else measured
+        elif remembered and lead_seconds(remembered / 2, remaining, self._total_in, self._in_rate) == 0.0:
+            rate = remembered
+        else:
+            return  # measure on the next chunks
+        lead = lead_seconds(rate, remaining, self._total_in, self._in_rate)
         if not math.isfinite(lead):
             return
-        frame = int(self.player.frame) + int(math.ceil(lead * int(self.player.sample_rate)))
+        frame = int(self.player.frame) + int(math.ceil(lead * int(self.player.sample_rate))) if lead > 0 else 0
         self._start(launch_at_or_after(self.player, frame, self.request.launch), lead)
 
     def _start(self, frame: int, lead: float) -> None:
@@ -321,14 +369,18 @@ class StreamDelivery:
         self.start_frame = int(self.voice.start(self.request.launch, at_frame=int(frame)))
         self.stats.started += 1
         self.stats.last_lead_seconds = lead
+        rate = self._measured_rate()
+        log.info("slot %d: streaming from frame %d (%d frames ahead; lead %.3f s, %d of %d frames in, "
+                 "rate %s frames/s)", self.slot, self.start_frame, self.start_frame - int(self.player.frame), lead,
+                 self._written_in, self._total_in, f"{rate:.0f}" if rate is not None else "remembered")
         if self.on_start is not None:
             self.on_start(self.slot, self.start_frame)
 
     def _remember_rate(self) -> None:
         rate = self._measured_rate()
         if rate is not None and math.isfinite(rate) and rate > 0:
-            old = self.stats.rates.get(self.model_key)
-            self.stats.rates[self.model_key] = rate if old is None else 0.5 * (old + rate)
+            old = self.stats.rates.get(self.model_key)  # the slower side: a loaded machine stays loaded a while
+            self.stats.rates[self.model_key] = rate if old is None else min(rate, 0.5 * (old + rate))
 
     def _continue_loop(self, voice: Any, audio: np.ndarray) -> None:
         """Write the next pass(es) after the stream and hand the loop to a buffer voice on the frame

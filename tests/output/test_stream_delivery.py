@@ -88,10 +88,10 @@ def produce(sink: StreamDelivery, audio: np.ndarray, chunk: int, seconds_per_chu
 
 
 def test_lead_seconds():
-    assert lead_seconds(2 * SR, SR, 2 * SR, SR) == pytest.approx(MARGIN_SECONDS)  # faster than real time
+    assert lead_seconds(2 * SR, SR, 2 * SR, SR) == 0.0  # faster than real time: at the launch point
     # half real time: the last of 1 s still to come arrives SAFETY * 2 s from now; the clip lasts 1.5 s
     assert lead_seconds(SR / 2, SR, int(1.5 * SR), SR) == pytest.approx(SAFETY * 2 - 1.5 + MARGIN_SECONDS)
-    assert lead_seconds(SR, 0, SR, SR) == MARGIN_SECONDS
+    assert lead_seconds(SR, 0, SR, SR) == 0.0
 
 
 def test_launch_points_on_the_grid():
@@ -125,7 +125,7 @@ def test_slow_stream_starts_late_enough_and_plays_exactly():
             time.sleep(0.02)
     start = sink.start_frame
     assert start is not None and start > first_write_frame
-    assert stats.misses == 0 and stats.started == 1 and stats.finished == 1
+    assert stats.as_dict()["misses"] == 0 and stats.started == 1 and stats.finished == 1
     np.testing.assert_array_equal(dev.out[start:start + clip.shape[1]].T, clip)
     assert not dev.out[:start].any() and not dev.out[start + clip.shape[1]:p.frame].any()
     np.testing.assert_array_equal(sink.audio, clip)
@@ -138,7 +138,7 @@ def test_a_stall_beyond_the_estimate_is_a_counted_miss_not_a_glitch():
     sink = StreamDelivery(p, 2, Req(), stats)
     with Device(p, 2.5):
         produce(sink, clip, 4410, 0.02, stall_after=3, stall=0.8)  # fast, then a 0.8 s stall
-        assert stats.misses > 0 and stats.as_dict()["misses"] == stats.misses
+        assert stats.as_dict()["misses"] > 0
 
 
 def test_chunkwise_resampling_equals_the_one_shot_resample():
@@ -163,12 +163,13 @@ def test_stop_silences_within_a_block_and_the_fade_and_drops_what_follows():
     with Device(p, 1.5) as dev:
         sink.begin(SR, clip.shape[1])
         sink.write(clip[:, :SR // 2])
-        sink.write(clip[:, SR // 2:SR // 2 + 1000])  # started now: fast producer
+        sink.write(clip[:, SR // 2:SR // 2 + 1000])
+        sink.write(clip[:, SR // 2 + 1000:SR // 2 + 2000])  # measured (3 chunks): a fast producer, it starts
         while p.frame < sink.start_frame + SR // 4:
             time.sleep(0.005)
         at = p.frame
         sink.stop()
-        sink.write(clip[:, SR // 2 + 1000:])  # ignored
+        sink.write(clip[:, SR // 2 + 2000:])  # ignored
         sink.end(True)
         time.sleep(0.2)
     fade = int(0.005 * SR)
@@ -189,3 +190,19 @@ def test_loop_first_pass_streamed_then_the_buffer_seamlessly():
     s, n = sink.start_frame, clip.shape[1]
     played = dev.out[s:s + 3 * n].T
     np.testing.assert_allclose(played, np.tile(clip, 3), atol=2e-6)  # the crossfade sums the same samples
+
+
+def test_the_voice_closes_with_the_last_frame_not_at_end():
+    """Regression: the generation thread measures the finished clip's levels between the last chunk
+    and ``end()``; a voice closed only at ``end()`` ran dry meanwhile and counted a miss."""
+    p = make_player()
+    stats = StreamStats()
+    clip = noise(int(0.2 * SR), 4)
+    sink = StreamDelivery(p, 6, Req(), stats)
+    with Device(p, 1.5):
+        sink.begin(SR, clip.shape[1])
+        for s in range(0, clip.shape[1], 4410):
+            sink.write(clip[:, s:s + 4410])
+        time.sleep(0.6)  # the clip has played out before end() comes
+        sink.end(True)
+        assert stats.as_dict()["misses"] == 0
