@@ -59,6 +59,7 @@ class Delivery:
         self.stream = True  # audio.stream: uncached play requests sound while generated (stream_delivery)
         self.streams: dict[int, StreamDelivery] = {}  # job id -> its sink, until DONE or the job ends
         self.stream_stats = StreamStats()
+        self.stream_chunks: dict[str, Any] = {}  # generate_stream's chunk sizes (audio.stream_*)
         self._unslotted = 0
 
     # ---- loop side ----------------------------------------------------------------------
@@ -79,7 +80,8 @@ class Delivery:
             if self.on_playing is not None:
                 loop.call_soon_threadsafe(self.on_playing, s)
 
-        return StreamDelivery(self.player, slot, request, self.stream_stats, on_start=started, model_key=model_key)
+        return StreamDelivery(self.player, slot, request, self.stream_stats, on_start=started, model_key=model_key,
+                              chunk_options=self.stream_chunks)
 
     def streaming(self, job: int, sink: StreamDelivery) -> None:
         sink.job_id = job
