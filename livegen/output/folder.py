@@ -452,6 +452,8 @@ class FolderWriter:
             "job_id": clip.job_id,
             "render_seconds": round(float(clip.render_seconds), 3),
             "levels": clip.levels.as_dict() if clip.levels is not None else None,
+            **({"action": r.action, "strength": r.strength, "source_job": r.source.job_id}  # extend / vary
+               if r.action != "generate" and r.source is not None else {}),
             "created": created.isoformat(timespec="milliseconds"),
             "livegen_version": livegen.__version__,
         }
