@@ -244,3 +244,14 @@ def test_preflight_warns_when_the_feedback_has_nowhere_to_go():
         assert found.errors == []
         got = [w for w in found.warnings if "feedback" in w]
         assert got == ([] if wanted is None else [got[0]]) and (wanted is None or got[0].startswith(wanted)), got
+
+
+def test_the_midi_input_never_connects_the_feedback_output():
+    """Its LED note-ons fed back into the input would play the pads: a `midi.connect` name that also
+    matches livegen's own feedback output (JACK: `<port_name>_out:midi_out`) skips it."""
+    from livegen.control.midi import MidiInput
+    from livegen.mapping import MidiEvent
+
+    midi = MidiInput(None, lambda e: None, MidiEvent, port_name="lgx", connect=["lgx"])
+    assert midi._match("lgx", ["lgx_out:midi_out", "lgx-keys:out"]) == "lgx-keys:out"
+    assert midi._match("midi_out", ["lgx_out:midi_out"]) is None

@@ -338,7 +338,9 @@ class MidiInput:
         self._graph: JackGraph | None = None
         self._guard: Any = None
         self._own_port: str | None = None  # JACK: our input port's full name
-        self._own_clients: set[str] = set()
+        # our own clients are never connected as sources: the guard, and the feedback output (on JACK
+        # "<port_name>_out": its LED note-ons fed back in would play the pads)
+        self._own_clients: set[str] = {f"{port_name}_out"}
         self._lister: Any = None
         self._shown_virtual: list[str] = []
         self._stop = threading.Event()
