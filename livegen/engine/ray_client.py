@@ -39,6 +39,7 @@ from livegen.request import Clip, Request
 log = logging.getLogger("livegen.ray")
 
 RETRIES = 1  # a job whose replica died is sent again once (same key), then reported
+RETRY_START_TIMEOUT = 20.0  # the retry must start this soon (Serve may route it to the dead replica's slot)
 
 
 class PoolError(RuntimeError):
@@ -204,8 +205,15 @@ class RayPool:
         if request.model not in self._handles:
             raise PoolUnavailable(self.error or f"the Ray pool has no application for model {request.model!r}")
         for attempt in range(RETRIES + 1):
+            limit = start_timeout if attempt == 0 else min(start_timeout or RETRY_START_TIMEOUT, RETRY_START_TIMEOUT)
             try:
-                return await self._attempt(request, key, sink, on_event, start_timeout, deadline)
+                return await self._attempt(request, key, sink, on_event, limit, deadline)
+            except PoolOverloaded as exc:
+                if attempt == 0:
+                    raise
+                self.counts["lost"] += 1
+                raise PoolLost(f"the pool's replica died rendering the clip, and the retry did not start ({exc})"
+                               ) from None
             except _ReplicaDied as exc:
                 if attempt == RETRIES or exc.streamed:
                     self.counts["lost"] += 1
@@ -232,14 +240,19 @@ class RayPool:
                 if deadline is not None:
                     limit = deadline if limit is None else min(limit, deadline)
                 wait = None if limit is None else max(0.0, limit - time.monotonic())
+                # not asyncio.wait_for: it waits for the cancelled read to finish, and a read from a
+                # replica that is gone may never finish
+                nxt = asyncio.ensure_future(gen.__anext__())
+                done, _ = await asyncio.wait({nxt}, timeout=wait)
+                if not done:
+                    nxt.cancel()
+                    if not started and start_timeout is not None and time.monotonic() >= t0 + start_timeout:
+                        raise PoolOverloaded(f"the pool did not start the clip within {start_timeout:g} s")
+                    raise PoolLate("the pool's clip was not ready by its deadline")
                 try:
-                    message = await asyncio.wait_for(gen.__anext__(), wait)
+                    message = nxt.result()
                 except StopAsyncIteration:
                     raise PoolLost("the pool's reply ended without the clip") from None
-                except (asyncio.TimeoutError, TimeoutError):
-                    if not started and start_timeout is not None and time.monotonic() >= t0 + start_timeout:
-                        raise PoolOverloaded(f"the pool did not start the clip within {start_timeout:g} s") from None
-                    raise PoolLate("the pool's clip was not ready by its deadline") from None
                 kind = message[0]
                 if kind == "started":
                     started = True

@@ -182,7 +182,7 @@ def test_killed_replica_job_is_retried_or_reported(pool, local):
             pids.append(e.pid)
             started.set()
 
-    req = _request("killed mid job", "default", steps=250, seconds=0.5, seed=21)
+    req = _request("killed mid job", "default", steps=40, seconds=0.5, seed=21)
     _, future = pool.submit(req, on_event=on_event)
     assert started.wait(60)
     os.kill(pids[0], signal.SIGKILL)  # a replica of the cluster this test started
