@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from livegen import gc_monitor, preflight, watchdog
 from livegen import limits as lim
-from livegen import preflight, watchdog
 from livegen.control import osc_verbs as verbs
 from livegen.control.osc_verbs import Verb
 from livegen.engine import worker as wk
@@ -110,6 +110,7 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False  # shutdown began: intake refused, replies still go out
         self.stop_requested_at: float | None = None  # monotonic time of the first stop() (SIGTERM)
+        self.gc_monitor = gc_monitor.GcMonitor()
         self.watchdog: watchdog.Watchdog | None = None
         self.web: Any = None  # the browser control surface (livegen.control.web), when it listens
         self.feedback: Any = None  # the controller's LEDs (livegen.feedback), with MIDI
@@ -254,6 +255,8 @@ class Daemon:
             default_model=s.default_model,
             model_kwargs=engine_defaults(s),
             levels=s.levels,
+            # full speed unless the audio callback is Python (livegen.device.configure_mlx)
+            python_audio=s.audio.enabled and getattr(s.audio, "backend", "python") == "python",
         )
         self.worker = wk.Worker(self.loaders, options, self._on_worker, asyncio.get_running_loop())
         self.worker.start()
@@ -268,7 +271,9 @@ class Daemon:
         self._stage("models", t, ", ".join(self.worker.models))
         t = time.monotonic()
         frozen = freeze_heap()  # before the stream opens: the one full collection holds the GIL
-        self._stage("gc", t, f"{frozen} objects frozen")
+        threshold = gc_monitor.tune()
+        self.gc_monitor.install()  # every collection's pause, in the status JSON (gc)
+        self._stage("gc", t, f"{frozen} objects frozen, thresholds {threshold}")
         if s.audio.enabled:  # after loading: the loader's Python work would starve the callback
             t = time.monotonic()
             from livegen.output.player import Player
@@ -342,6 +347,7 @@ class Daemon:
             self.osc.close()
         if self.player is not None:
             self.player.close()
+        self.gc_monitor.uninstall()
         log.info("stopped in %.2f s", time.monotonic() - t)
 
     # ------------------------------------------------------------------ status

@@ -96,9 +96,18 @@ def default_blas_threads(realtime: bool = False) -> int:
 
 def realtime() -> bool:
     """Whether ``configure_mlx(realtime=True)`` was applied: generation shares the process (and
-    the GIL) with an audio callback, so work that frees many arrays from Python is avoided (see
-    ``AudioAutoencoder.tile_latents``)."""
+    the GIL) with an audio callback written in Python (the daemon's ``audio.backend: python``), so
+    work that frees many arrays from Python is avoided (see ``AudioAutoencoder.tile_latents``).
+    With the C callback (``audio.backend: rtmixer``) the daemon runs as batch work does."""
     return bool(_configured and _configured.get("realtime"))
+
+
+def profile() -> str:
+    """What the runtime settings were chosen for: ``batch``, ``daemon`` (audio callback in C: the
+    batch settings) or ``daemon-python-audio`` (the compromises of ``realtime``)."""
+    if not _configured:
+        return "batch"
+    return str(_configured.get("profile", "batch"))
 
 
 def default_cache_limit() -> int:
@@ -130,7 +139,7 @@ def set_blas_threads(threads: int) -> bool:
 
 
 def configure_mlx(*, threads: int | None = None, cache_limit: int | None = None,
-                  force: bool = False, realtime: bool = False) -> dict[str, object]:
+                  force: bool = False, realtime: bool = False, daemon: bool = False) -> dict[str, object]:
     """Runtime settings for fast inference, applied once per process (the pipelines call it; the
     daemon calls it first with ``realtime=True``).
 
@@ -147,15 +156,20 @@ def configure_mlx(*, threads: int | None = None, cache_limit: int | None = None,
       batch-2 forward 2.32 s vs 2.06 s. The Oobleck decode, which once was slower with a large
       cache, now runs in tiles that fit either way (``AudioAutoencoder.tile_latents``).
     - ``realtime``: this process plays audio from a Python callback while it generates (the
-      daemon); see ``realtime()``.
+      daemon with ``audio.backend: python``); see ``realtime()``.
+    - ``daemon``: the daemon with its audio callback in C (``audio.backend: rtmixer``) or without
+      audio: the batch settings (every core, the large cache, tiled decode), marked in
+      ``profile()``. With no Python in the audio thread, neither a busy core nor the GIL can make
+      the callback late (bench/daemon_speed.py, docs/benchmarks.md).
     Returns what was applied (``{"blas_threads": n or None, "cache_limit": bytes or None,
-    "realtime": bool}``)."""
+    "realtime": bool, "profile": str}``)."""
     global _configured
     if _configured is not None and not force and threads is None and cache_limit is None and not realtime:
         return _configured
     import mlx.core as mx
 
-    applied: dict[str, object] = {"blas_threads": None, "cache_limit": None, "realtime": bool(realtime)}
+    applied: dict[str, object] = {"blas_threads": None, "cache_limit": None, "realtime": bool(realtime),
+                                  "profile": "daemon-python-audio" if realtime else "daemon" if daemon else "batch"}
     if not mx.is_available(mx.gpu):
         n = threads if threads is not None else default_blas_threads(realtime)
         if set_blas_threads(n):

@@ -34,6 +34,7 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
                  "received": daemon.midi.received} if daemon.midi is not None else {},
         "prerender": daemon.prerender.stats() if daemon.prerender is not None else {},
         "watchdog": daemon.watchdog.stats() if daemon.watchdog is not None else {},
+        "gc": daemon.gc_monitor.stats() if getattr(daemon, "gc_monitor", None) is not None else {},
         "uptime": time.monotonic() - daemon._t0,
     }
 

@@ -124,6 +124,9 @@ class WorkerOptions:
     # levels below the rest of the daemon, see lower_thread_priority; 0 keeps it equal
     render_nice: int = RENDER_NICE
     levels: Any = None  # a LevelsSettings (livegen.settings); None or normalize false: clips as rendered
+    # the audio callback runs Python (audio.backend: python): generation keeps the compromises of
+    # livegen.device.realtime(); False (rtmixer's C callback, or no audio): full speed
+    python_audio: bool = True
 
 
 def generate_kwargs(engine: Any, request: Request, seconds: float,
@@ -418,10 +421,16 @@ class Worker:
         from livegen import device
 
         info = device.detect()
-        applied = device.configure_mlx(realtime=True)  # BLAS threads: one core stays free for audio and I/O
+        # audio from a Python callback: one core stays free and MLX keeps its small cache (see
+        # livegen.device.configure_mlx); a C callback (rtmixer) or no audio: the batch settings
+        python_audio = self._options.python_audio
+        applied = device.configure_mlx(realtime=python_audio, daemon=not python_audio, force=True)
         gflops = device.gemm_gflops(n=512, repeats=2)
         threads = applied.get("blas_threads")
         threads_note = f", {threads} BLAS threads" if threads else ""
+        cache = applied.get("cache_limit")
+        threads_note += f", MLX cache {int(cache) >> 20} MiB" if cache else ", MLX cache default"
+        threads_note += f" ({device.profile()})"
         self._emit(WorkerEvent(DEVICE, reason=f"{info.describe()}; fp32 GEMM {gflops:.0f} GFLOP/s{threads_note}",
                                seconds=time.monotonic() - start_all))
         if self._options.levels is not None and self._options.levels.normalize:
