@@ -10,9 +10,9 @@ thread); the event loop only creates it, asks for its stats and stops it.
   re-trigger and a loop's buffer, so what sounds again is what sounded.
 - **When it starts**: at the first launch point of the request (``now``/``beat``/``bar``) that the
   stream can fill without running dry. The production rate (model frames per second of wall time)
-  is measured over the stream's first ``MEASURE_CHUNKS`` chunks (the slower of that and the rate
-  remembered from the last streams of the same model is used; a warm daemon whose model ran clearly
-  faster than real time decides on the first chunk); with ``r`` that rate, ``n`` the frames still to come and
+  is remembered from the last streams of the same model (the slower side of a running mean: a
+  loaded machine stays loaded a while), so a warm daemon decides on the first chunk; a model's first
+  stream measures it between its 2nd and ``MEASURE_CHUNKS``-th chunk; with ``r`` that rate, ``n`` the frames still to come and
   ``N`` the clip, the voice must start ``max(0, SAFETY * n / r - N / rate + MARGIN_SECONDS)``
   from now at the earliest (0: the request's launch point, as a buffered clip would get it). If the estimate misses, the voice plays silence until data arrives
   (the player's StreamVoice counts each miss) and the misses are in ``stats()``.
@@ -42,8 +42,8 @@ from livegen.audio_io import match_channels, resampled_length
 
 log = logging.getLogger("livegen.stream")
 
-SAFETY = 1.5  # production is assumed this much slower than measured
-MEASURE_CHUNKS = 3  # chunks of the stream itself before its own rate is trusted
+SAFETY = 1.25  # production is assumed this much slower than measured
+MEASURE_CHUNKS = 4  # a model's first stream: its rate is measured from the 2nd to the 4th chunk
 MARGIN_SECONDS = 0.05  # plus this much of lead (scheduling jitter, one GIL stall)
 HEAD_SECONDS = 0.05  # a loop's stream carries this much of the next pass's head past the switch
 
@@ -336,25 +336,25 @@ class StreamDelivery:
         self._written_out += out.shape[1]
         self.voice.write(out)
 
-    def _measured_rate(self) -> float | None:
-        if len(self._times) < 2:
+    def _measured_rate(self, first: int = 0) -> float | None:
+        """Frames per second (model rate) between write ``first`` and the last one."""
+        if len(self._times) < first + 2:
             return None
-        (t0, w0), (t1, w1) = self._times[0], self._times[-1]
+        (t0, w0), (t1, w1) = self._times[first], self._times[-1]
         return (w1 - w0) / (t1 - t0) if t1 > t0 else math.inf
 
     def _maybe_start(self, now: float, final: bool) -> None:
-        """Start once the rate is known well enough: at once when the last streams of this model ran
-        clearly faster than real time (no lead needed even at twice SAFETY), else after
-        MEASURE_CHUNKS chunks, with the slower of this stream's rate and the remembered one."""
+        """Start once the rate is known: on the first chunk with the rate the last streams of this
+        model reached; a model's first stream after MEASURE_CHUNKS chunks, with the rate between its
+        2nd and last chunk (the first tiles of a stream also compile the decoder's kernels)."""
         remaining = self._total_in - self._written_in
         remembered = self.stats.rates.get(self.model_key)
-        measured = self._measured_rate() if len(self._times) >= MEASURE_CHUNKS else None
         if final:
             rate = math.inf
-        elif measured is not None:
-            rate = min(measured, remembered) if remembered else measured
-        elif remembered and lead_seconds(remembered / 2, remaining, self._total_in, self._in_rate) == 0.0:
+        elif remembered:
             rate = remembered
+        elif len(self._times) >= MEASURE_CHUNKS:
+            rate = self._measured_rate(first=1) or math.inf
         else:
             return  # measure on the next chunks
         lead = lead_seconds(rate, remaining, self._total_in, self._in_rate)

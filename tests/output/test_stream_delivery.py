@@ -134,10 +134,10 @@ def test_slow_stream_starts_late_enough_and_plays_exactly():
 def test_a_stall_beyond_the_estimate_is_a_counted_miss_not_a_glitch():
     p = make_player()
     stats = StreamStats()
-    clip = noise(int(0.5 * SR), 1)
+    clip = noise(SR, 1)
     sink = StreamDelivery(p, 2, Req(), stats)
     with Device(p, 2.5):
-        produce(sink, clip, 4410, 0.02, stall_after=3, stall=0.8)  # fast, then a 0.8 s stall
+        produce(sink, clip, 4410, 0.02, stall_after=5, stall=0.8)  # started after 4 fast chunks, then a stall
         assert stats.as_dict()["misses"] > 0
 
 
@@ -164,12 +164,13 @@ def test_stop_silences_within_a_block_and_the_fade_and_drops_what_follows():
         sink.begin(SR, clip.shape[1])
         sink.write(clip[:, :SR // 2])
         sink.write(clip[:, SR // 2:SR // 2 + 1000])
-        sink.write(clip[:, SR // 2 + 1000:SR // 2 + 2000])  # measured (3 chunks): a fast producer, it starts
+        sink.write(clip[:, SR // 2 + 1000:SR // 2 + 2000])
+        sink.write(clip[:, SR // 2 + 2000:SR // 2 + 3000])  # measured (4 chunks): a fast producer, it starts
         while p.frame < sink.start_frame + SR // 4:
             time.sleep(0.005)
         at = p.frame
         sink.stop()
-        sink.write(clip[:, SR // 2 + 2000:])  # ignored
+        sink.write(clip[:, SR // 2 + 3000:])  # ignored
         sink.end(True)
         time.sleep(0.2)
     fade = int(0.005 * SR)
