@@ -91,16 +91,24 @@ CHECK_PERIOD = 0.02
 REOPEN_PERIOD = 1.0
 
 
-def abandon_portaudio() -> None:
+def abandon_portaudio() -> int:
     """Forget PortAudio's initialisation without Pa_Terminate: after the JACK server died, stop,
     close and terminate hang or abort the process (pa_jack.c's Terminate asserts), so nothing of it
-    may run again, not even sounddevice's exit handler."""
+    may run again, not even sounddevice's exit handler. Returns the count it had."""
     try:
         import sounddevice as sd
-
-        sd._initialized = 0
     except ImportError:
-        pass
+        return 0
+    was = int(sd._initialized)
+    sd._initialized = 0
+    return was
+
+
+def restore_portaudio(count: int) -> None:
+    """Undo :func:`abandon_portaudio` (PortAudio was never terminated)."""
+    import sounddevice as sd
+
+    sd._initialized = max(int(sd._initialized), count)
 
 
 class StreamGuard:
@@ -138,8 +146,8 @@ class StreamGuard:
         if hook is not None:
             try:
                 hook(text)
-            except Exception:
-                log.exception("the stream guard's report failed")
+            except Exception as exc:  # e.g. the daemon's loop already closed at shutdown
+                log.info("the stream guard could not report it: %s", exc)
 
     def _run(self) -> None:
         while not self._stop.wait(CHECK_PERIOD):
@@ -164,8 +172,10 @@ class StreamGuard:
             self._fault("dead", "The audio stream stopped (PortAudio error or the audio server went away); "
                         "reopening it.")
             old = p.detach_stream()
-            if old is not None and not close_bounded(old, 1.0):
-                abandon_portaudio()
+            was = abandon_portaudio()  # at once: an exit meanwhile must not run Pa_Terminate
+            if old is not None and close_bounded(old, 1.0):
+                restore_portaudio(was)  # the server is there: PortAudio goes on
+            else:
                 self.state = "abandoned"
                 msg = ("The audio server went away and PortAudio cannot reconnect in this process; "
                        "restart the daemon once the server is back.")
