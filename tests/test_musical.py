@@ -324,8 +324,8 @@ def _mix(player: Player, blocks: int, size: int = 256) -> np.ndarray:
 
 
 SAME_SLOT_CHOKE = ("the players choke the slot's clip at the extension's start frame even when it ends (or wraps) "
-                   "there: Mixer._apply fades the new voice in over audio.fade_ms (and a loop out after it); "
-                   "rt_voices mirrors it. Owner: livegen/output/mixer.py, rt_voices.py (proposed fix: a voice "
+                   "there: Mixer._apply and RtPlayer._schedule fade the new voice in over audio.fade_ms (and a loop "
+                   "out after it). Owner: livegen/output/mixer.py, rt_player.py (proposed fix: a voice "
                    "that ends or wraps exactly at the new start ends there, unfaded, and the new one is not "
                    "faded in)")
 
