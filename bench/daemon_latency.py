@@ -133,6 +133,7 @@ class OnsetRecorder:
         self.xruns = 0
         self.shut_down: str | None = None
         self.registered: dict[str, float] = {}  # PortAudio output port -> when it appeared
+        self.uuids: dict[str, int] = {}
         self.client.set_process_callback(self._process)
         self.client.set_xrun_callback(self._xrun)
         self.client.set_port_registration_callback(self._port_registered)
@@ -144,9 +145,12 @@ class OnsetRecorder:
         self._onset_seen.set()
 
     def _port_registered(self, port, register: bool) -> None:
-        if port.name.startswith("PortAudio") and port.is_output and port.is_audio:
+        # PortAudio's client, or the daemon's audio.client_name (livegen); out_0/out_1 are renamed
+        # out_L/out_R right after they appear: resolved by uuid in ports_near
+        if port.name.startswith(("PortAudio", "livegen")) and port.is_output and port.is_audio:
             if register:
                 self.registered[port.name] = time.monotonic()
+                self.uuids[port.name] = port.uuid
             else:
                 self.registered.pop(port.name, None)
 
@@ -164,7 +168,8 @@ class OnsetRecorder:
         order = sorted(clients, key=clients.get, reverse=True)
         if len(order) > 1 and clients[order[0]] - clients[order[1]] < 0.05:
             raise RuntimeError(f"several PortAudio clients started with the daemon, cannot tell its ports: {order}")
-        return sorted(p for p in self.registered if p.split(":", 1)[0] == order[0])
+        now = {q.uuid: q.name for q in self.client.get_ports(is_output=True, is_audio=True)}
+        return sorted(now.get(self.uuids.get(p), p) for p in self.registered if p.split(":", 1)[0] == order[0])
 
     def connect(self, ports: list[str]) -> None:
         for src, dst in zip(ports, self.inports, strict=True):
