@@ -14,7 +14,8 @@ thread); the event loop only creates it, asks for its stats and stops it.
   loaded machine stays loaded a while), so a warm daemon decides on the first chunk; a model's first
   stream measures it between its 2nd and ``MEASURE_CHUNKS``-th chunk; with ``r`` that rate, ``n`` the frames still to come and
   ``N`` the clip, the voice must start ``max(0, SAFETY * n / r - N / rate + MARGIN_SECONDS)``
-  from now at the earliest (0: the request's launch point, as a buffered clip would get it). If the estimate misses, the voice plays silence until data arrives
+  from now at the earliest (0: the request's launch point, as a buffered clip would get it), and
+  not before ``MARGIN_SECONDS`` of audio are buffered. If the estimate misses, the voice plays silence until data arrives
   (the player's StreamVoice counts each miss) and the misses are in ``stats()``.
 - **Loops**: the first pass is the stream; at its end the finished clip is written once more after
   it (and a little of its head), and a looping buffer voice is scheduled on the frame where that
@@ -95,7 +96,8 @@ def lead_seconds(rate: float, remaining: int, total: int, sample_rate: int) -> f
         return 0.0
     if not rate > 0:
         return math.inf
-    return max(0.0, SAFETY * remaining / rate - total / float(sample_rate) + MARGIN_SECONDS)
+    written = (total - remaining) / float(sample_rate)  # at least MARGIN_SECONDS buffered when it starts
+    return max(0.0, SAFETY * remaining / rate - total / float(sample_rate) + MARGIN_SECONDS, MARGIN_SECONDS - written)
 
 
 def launch_at_or_after(player: Any, frame: int, launch: str) -> int:

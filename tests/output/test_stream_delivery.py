@@ -92,6 +92,8 @@ def test_lead_seconds():
     # half real time: the last of 1 s still to come arrives SAFETY * 2 s from now; the clip lasts 1.5 s
     assert lead_seconds(SR / 2, SR, int(1.5 * SR), SR) == pytest.approx(SAFETY * 2 - 1.5 + MARGIN_SECONDS)
     assert lead_seconds(SR, 0, SR, SR) == 0.0
+    # a tiny first chunk (10 ms of a fast stream): it waits until MARGIN_SECONDS are buffered
+    assert lead_seconds(10 * SR, SR - SR // 100, SR, SR) == pytest.approx(MARGIN_SECONDS - 0.01)
 
 
 def test_launch_points_on_the_grid():
