@@ -20,7 +20,9 @@ thread); the event loop only creates it, asks for its stats and stops it.
 - **Loops**: the first pass is the stream; at its end the finished clip is written once more after
   it (and a little of its head), and a looping buffer voice is scheduled on the frame where that
   next pass begins. The player crossfades the stream voice out and the loop in over its fade, with
-  the same samples on both sides (equal-gain ramps), so the seam is exact.
+  the same samples on both sides (equal-gain ramps), so the seam is exact. The buffer voice is
+  scheduled ``HANDOVER_SECONDS`` before that frame (``defer``), not at once: the rtmixer player
+  reads the crossfade's tail from what its feeder has already placed in the stream voice's ring.
 - **Stop**: ``stop()`` (event loop) silences the slot through the player at once (within one period
   plus the fade) and makes every later call a no-op; the daemon cancels the job.
 """
@@ -47,6 +49,9 @@ SAFETY = 1.25  # production is assumed this much slower than measured
 MEASURE_CHUNKS = 4  # a model's first stream: its rate is measured from the 2nd to the 4th chunk
 MARGIN_SECONDS = 0.05  # plus this much of lead (scheduling jitter, one GIL stall)
 HEAD_SECONDS = 0.05  # a loop's stream carries this much of the next pass's head past the switch
+HANDOVER_SECONDS = 0.5  # a loop's buffer voice is scheduled about this long before the pass it takes
+MIN_DEFER_SECONDS = 0.1  # and never sooner than this after the stream's last write (the player's
+# feeder must have placed the stream's continuation in its ring: the crossfade's tail is read there)
 
 
 @dataclass
@@ -189,8 +194,12 @@ class StreamDelivery:
 
     def __init__(self, player: Any, slot: int, request: Any, stats: StreamStats,
                  on_start: Callable[[int, int], None] | None = None, model_key: str = "",
-                 chunk_options: dict[str, Any] | None = None) -> None:
+                 chunk_options: dict[str, Any] | None = None,
+                 defer: Callable[[float, Callable[[], None]], None] | None = None,
+                 still_owner: Callable[[], bool] | None = None) -> None:
         self.player = player
+        self.defer = defer  # (seconds, fn): run fn later off this thread (None: at once, here)
+        self.still_owner = still_owner  # False once the slot was stopped or got another clip
         self.slot = int(slot)
         self.request = request
         self.stats = stats
@@ -398,10 +407,22 @@ class StreamDelivery:
         head = min(n, int(HEAD_SECONDS * int(self.player.sample_rate)))
         voice.write(audio[:, :head])
         at = start + k * n
-        if at < guard:
-            log.info("slot %d: the loop's buffer comes %d frames late; it starts on the next pass",
-                     self.slot, guard - at)
-            at = start + ((guard - start) // n + 1) * n
+        if self.defer is None:
+            schedule_at(self.player, self.slot, audio, float(self.request.gain), at)
+            return
+        sr = float(self.player.sample_rate)
+        delay = max(MIN_DEFER_SECONDS, (at - int(self.player.frame)) / sr - HANDOVER_SECONDS)
+        self.defer(delay, lambda: self._handover(audio, at))
+
+    def _handover(self, audio: np.ndarray, at: int) -> None:
+        """The buffer voice takes the loop over at frame ``at`` (run by ``defer``)."""
+        if self._stopped.is_set() or (self.still_owner is not None and not self.still_owner()):
+            return
+        late = int(self.player.frame) + 2 * _block(self.player) - at
+        if late > 0:  # the stream ends before the buffer could join it: a gap, then the loop on its grid
+            n = audio.shape[1]
+            log.warning("slot %d: the loop's buffer came %d frames late; it resumes on the next pass", self.slot, late)
+            at += (late // n + 1) * n
         schedule_at(self.player, self.slot, audio, float(self.request.gain), at)
 
 

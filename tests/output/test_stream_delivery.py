@@ -209,3 +209,52 @@ def test_the_voice_closes_with_the_last_frame_not_at_end():
         time.sleep(0.6)  # the clip has played out before end() comes
         sink.end(True)
         assert stats.as_dict()["misses"] == 0
+
+
+# ---- the rtmixer player (rtmixer's compiled callback driven offline, as tests/output/test_rt_player.py)
+def rt_player():
+    from livegen.output.rt_player import RtPlayer
+    from livegen.output.rt_voices import OfflineMixer
+
+    m = OfflineMixer(2, SR, BLOCK)
+    rt = RtPlayer(AudioSettings(sample_rate=SR, blocksize=BLOCK, fade_ms=5.0), TempoSettings(bpm=120.0), mixer=m)
+    rt.start()
+    return rt, m
+
+
+def render(rt, m, blocks: int, out: list) -> None:
+    for _ in range(blocks):
+        rt.pump()
+        out.append(m.render(BLOCK))
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_rt_player_plays_the_stream_exactly_and_hands_a_loop_over_seamlessly(loop):
+    rt, m = rt_player()
+    clip = noise(int(0.3 * SR), 7)
+    n = clip.shape[1]
+    deferred: list = []
+    sink = StreamDelivery(rt, 2, Req(loop=loop), StreamStats(), defer=lambda delay, fn: deferred.append((delay, fn)))
+    out: list = []
+    sink.begin(SR, n)
+    for s in range(0, n, 2048):  # a chunk per block: faster than real time
+        sink.write(clip[:, s:s + 2048])
+        render(rt, m, 1, out)
+    sink.end(True)
+    assert len(deferred) == (1 if loop else 0)
+    if loop:  # the hand-over runs later, as the daemon's defer does it (after a few feeder passes)
+        delay, fn = deferred[0]
+        assert delay >= 0.1
+        render(rt, m, 8, out)
+        fn()
+    render(rt, m, int(3.5 * n / BLOCK), out)
+    x = np.concatenate(out).T
+    s0 = sink.start_frame
+    assert s0 is not None and sink.ok and not x[:, :s0].any()
+    if loop:
+        np.testing.assert_allclose(x[:, s0:s0 + 3 * n], np.tile(clip, 3), atol=2e-6)
+        assert rt.stats()["slots_playing"] == [2]
+    else:
+        np.testing.assert_array_equal(x[:, s0:s0 + n], clip)
+        assert not x[:, s0 + n:].any()
+    assert sink.stats.as_dict()["misses"] == 0
