@@ -29,7 +29,6 @@ thread); the event loop only creates it, asks for its stats and stops it.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import threading
@@ -123,70 +122,12 @@ def _block(player: Any) -> int:
     return max(1, int(getattr(settings, "blocksize", 256) or 256))
 
 
-class _RingVoice:
-    """TEMPORARY adapter: the StreamVoice contract over the reference Player's mixer ring voices,
-    for a player without ``open_stream`` (remove once every player has it). The ring is sized for
-    the whole stream, so ``write`` never waits; a miss is a ring underflow (silence, counted)."""
-
-    def __init__(self, player: Any, slot: int, gain: float, capacity_frames: int) -> None:
-        from livegen.output.ringbuffer import RingBuffer
-
-        self._player = player
-        self._slot = slot
-        self._gain = gain
-        self._ring = RingBuffer(int(player.channels), max(1, int(capacity_frames)))
-        self._pending: list[np.ndarray] = []
-        self._started = False
-        self._closed = False
-
-    def write(self, chunk: np.ndarray) -> None:
-        self._pending.append(np.ascontiguousarray(chunk, dtype=np.float32))
-        self._flush()
-
-    def _flush(self) -> None:
-        while self._pending:
-            head = self._pending[0]
-            n = self._ring.write(head)
-            if n < head.shape[1]:
-                self._pending[0] = head[:, n:]
-                return
-            self._pending.pop(0)
-
-    def start(self, launch: str = "now", at_frame: int | None = None) -> int:
-        frame = int(at_frame) if at_frame is not None else int(self._player.launch_frame(launch))
-        lock = getattr(self._player, "_lock", None) or threading.Lock()
-        with lock:
-            self._player.mixer.stream(self._slot, self._ring, frame, self._gain)
-        self._started = True
-        return frame
-
-    def close(self) -> None:
-        self._flush()
-        self._ring.close()
-        self._closed = True
-
-    def cancel(self) -> None:
-        self._pending.clear()
-        self._ring.close()
-        self._player.stop_slot(self._slot)
-
-    @property
-    def buffered_frames(self) -> int:
-        return self._ring.available() + sum(p.shape[1] for p in self._pending)
-
-    @property
-    def misses(self) -> int:
-        return self._ring.underflows
-
-
 def open_voice(player: Any, slot: int, gain: float, capacity_frames: int) -> Any:
-    if hasattr(player, "open_stream"):
-        return player.open_stream(slot, gain=gain, capacity_frames=int(capacity_frames))
-    return _RingVoice(player, slot, gain, capacity_frames)
+    return player.open_stream(slot, gain=gain, capacity_frames=int(capacity_frames))
 
 
 def supports_streaming(player: Any) -> bool:
-    return player is not None and (hasattr(player, "open_stream") or hasattr(player, "mixer"))
+    return player is not None and hasattr(player, "open_stream")
 
 
 class StreamDelivery:
@@ -428,14 +369,7 @@ class StreamDelivery:
 
 def schedule_at(player: Any, slot: int, audio: np.ndarray, gain: float, frame: int) -> int:
     """A looping buffer voice in ``slot`` from ``frame`` (audio at the player's rate)."""
-    if "at_frame" in inspect.signature(player.schedule).parameters:
-        return int(player.schedule(slot, audio, loop=True, gain=gain, launch="now", at_frame=int(frame)))
-    # TEMPORARY (reference Player without at_frame): the mixer command directly
-    buf = player.mixer.prepare(audio)
-    lock = getattr(player, "_lock", None) or threading.Lock()
-    with lock:
-        player.mixer.schedule(slot, buf, int(frame), loop=True, gain=gain)
-    return int(frame)
+    return int(player.schedule(slot, audio, loop=True, gain=gain, launch="now", at_frame=int(frame)))
 
 
 def _fit(audio: np.ndarray, frames: int) -> np.ndarray:
