@@ -96,7 +96,7 @@ class Daemon:
                                if settings.osc.status_port is not None else None)
         self.slots = SlotStates(self.replies.push)
         self.delivery = Delivery(self.replies, voices=settings.audio.voices, stopping=lambda: self._stop.is_set())
-        self.delivery.on_playing = lambda slot: self.slots.set(slot, SlotState.PLAYING, 1.0) if (
+        self.delivery.on_playing = lambda slot, frame: self.slots.playing(slot, frame) if (
             slot < lim.SLOT_COUNT) else None  # voices of requests without a slot light no pad
         self.exit_code = 0
         self.ready_at: float | None = None
@@ -361,8 +361,9 @@ class Daemon:
         """Slot states follow the player's voices (a one-shot that ends goes back to idle)."""
         while True:
             await asyncio.sleep(0.2)
-            self.slots.follow_player(s for s in self.player.stats().get("slots_playing", ())
-                                     if s < lim.SLOT_COUNT)
+            self.slots.follow_player((s for s in self.player.stats().get("slots_playing", ())
+                                      if s < lim.SLOT_COUNT), frame=self.player.frame,
+                                     grace=self.player.sample_rate // 4)  # a voice shows within 0.25 s
 
     async def _push_status_periodically(self) -> None:
         while True:

@@ -36,6 +36,7 @@ class SlotStates:
         self.states: dict[int, tuple[SlotState, float]] = {}
         self._cached: dict[int, float] = {}  # slot -> fraction of variations ready
         self.listeners: list[Callable[[int, SlotState, float], None]] = []  # each change (livegen.feedback)
+        self._starts: dict[int, int] = {}  # slot -> the frame its scheduled clip starts on
 
     def set(self, slot: int | None, state: SlotState, progress: float = 0.0) -> None:
         if slot is None:
@@ -64,11 +65,21 @@ class SlotStates:
         for s in list(self.states) if slot is None else [slot]:
             self.set(s, SlotState.IDLE)
 
-    def follow_player(self, playing: Iterable[int]) -> None:
-        """Slots with a voice now are playing; slots that were playing and have none are idle."""
+    def playing(self, slot: int, start_frame: int) -> None:
+        """``slot``'s clip is scheduled to start on ``start_frame`` (it may not sound yet)."""
+        self._starts[slot] = int(start_frame)
+        self.set(slot, SlotState.PLAYING, 1.0)
+
+    def follow_player(self, playing: Iterable[int], frame: int | None = None, grace: int = 0) -> None:
+        """Slots with a voice now are playing; slots that were playing and have none are idle,
+        except one whose clip is scheduled to start later than ``frame - grace`` (launched on the
+        next bar, or a stream that has not begun: it would blink idle until it sounds)."""
         now = set(playing)
         for slot in now:
             self.set(slot, SlotState.PLAYING, 1.0)
         for slot, (state, _) in list(self.states.items()):
-            if state is SlotState.PLAYING and slot not in now:
-                self.set(slot, SlotState.IDLE)
+            if state is not SlotState.PLAYING or slot in now:
+                continue
+            if frame is not None and self._starts.get(slot, frame) > frame - grace:
+                continue
+            self.set(slot, SlotState.IDLE)

@@ -31,3 +31,20 @@ def test_cached_variations_show_when_the_pad_is_not_busy():
     slots.follow_player([])  # back from playing: cached, not idle
     slots.stopped(None)
     assert pushed == [(0, "cached", 0.5), (0, "queued", 0.0), (0, "playing", 1.0), (0, "cached", 1.0)]
+
+
+def test_a_clip_scheduled_later_stays_playing_until_it_sounds():
+    """Regression: a clip launched on the next bar (or a stream that has not begun) has no voice in
+    the player yet; the pad (and its LED) blinked idle until it sounded, then playing again."""
+    pushed = []
+    slots = SlotStates(lambda address, *args: pushed.append(args[1]))
+    slots.playing(2, start_frame=88200)  # scheduled 2 s ahead
+    for frame in (0, 44100, 88200, 88200 + 4000):  # polls before it sounds, and within the grace
+        slots.follow_player([], frame=frame, grace=11025)
+    assert pushed == ["playing"]
+    slots.follow_player([2], frame=90000, grace=11025)  # it sounds
+    slots.follow_player([], frame=99300, grace=11025)  # the one-shot ended
+    assert pushed == ["playing", "idle"]
+    slots.playing(2, start_frame=100000)
+    slots.stopped(2)  # a stop still goes idle at once
+    assert pushed == ["playing", "idle", "playing", "idle"]

@@ -55,7 +55,8 @@ class Delivery:
         self._play_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="livegen-play")
         self._write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="livegen-write")
         self._pending: set[asyncio.Future] = set()
-        self.on_playing: Callable[[int], None] | None = None  # a slot's clip was scheduled (on the loop)
+        # a slot's clip was scheduled to start at a frame (on the loop): (slot, start frame)
+        self.on_playing: Callable[[int, int], None] | None = None
         self.stream = True  # audio.stream: uncached play requests sound while generated (stream_delivery)
         self.streams: dict[int, StreamDelivery] = {}  # job id -> its sink, until DONE or the job ends
         self.stream_stats = StreamStats()
@@ -78,7 +79,7 @@ class Delivery:
 
         def started(s: int, frame: int) -> None:  # on the generation thread
             if self.on_playing is not None:
-                loop.call_soon_threadsafe(self.on_playing, s)
+                loop.call_soon_threadsafe(self.on_playing, s, frame)
 
         return StreamDelivery(self.player, slot, request, self.stream_stats, on_start=started, model_key=model_key,
                               chunk_options=self.stream_chunks)
@@ -173,7 +174,7 @@ class Delivery:
                 if start is not None:
                     self.clips_played += 1
                     if self.on_playing is not None:
-                        self.on_playing(slot)  # scheduled on the player (not dropped by a stop on its way)
+                        self.on_playing(slot, int(start))  # scheduled (not dropped by a stop on its way)
             if job in self.late_extensions:
                 self.late_extensions.discard(job)
                 self.replies.ack(origin, job, f"extension of slot {slot} came after its clip ended: it starts on "
