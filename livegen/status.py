@@ -32,6 +32,7 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
         "osc": daemon.osc.stats() if daemon.osc is not None else {},
         "midi": {"api": daemon.midi.api, "ports": daemon.midi.port_names,
                  "received": daemon.midi.received} if daemon.midi is not None else {},
+        "feedback": daemon.feedback.stats() if getattr(daemon, "feedback", None) is not None else {},
         "prerender": daemon.prerender.stats() if daemon.prerender is not None else {},
         "watchdog": daemon.watchdog.stats() if daemon.watchdog is not None else {},
         "gc": daemon.gc_monitor.stats() if getattr(daemon, "gc_monitor", None) is not None else {},

@@ -110,6 +110,7 @@ class RtPlayer:
         self.ports: list[str] = []  # the JACK ports (empty elsewhere)
         self.on_fault: Any = None  # called (from the guard's thread) with a sentence when the stream fails
         self.on_recover: Any = None
+        self.dead_text: str | None = None  # the guard's report of a dead stream (None: its own)
         self._stats_posted = 0.0  # when the outstanding counters fetch was posted (monotonic)
 
     # ------------------------------------------------------------------ lifecycle
@@ -566,10 +567,17 @@ class RtPlayer:
 
 
 def make_player(settings: AudioSettings, tempo: TempoSource | None = None) -> Any:
-    """The player ``settings.backend`` names: :class:`RtPlayer` (rtmixer, the default) or the
+    """The player ``settings.backend`` names: ``rtmixer`` (the default) an :class:`RtPlayer` in a
+    child process (:class:`~livegen.output.audio_host.HostedPlayer`: it survives a restart of the
+    audio server), ``rtmixer-inprocess`` an :class:`RtPlayer` in this process, ``python`` the
     Python reference :class:`~livegen.output.player.Player`."""
-    if getattr(settings, "backend", "rtmixer") == "python":
+    backend = getattr(settings, "backend", "rtmixer")
+    if backend == "python":
         from livegen.output.player import Player
 
         return Player(settings, tempo)
-    return RtPlayer(settings, tempo)
+    if backend == "rtmixer-inprocess":
+        return RtPlayer(settings, tempo)
+    from livegen.output.audio_host import HostedPlayer
+
+    return HostedPlayer(settings, tempo)

@@ -169,8 +169,8 @@ class StreamGuard:
         active = bool(m.active)
         waited = p.callback_silence()
         if not active:
-            self._fault("dead", "The audio stream stopped (PortAudio error or the audio server went away); "
-                        "reopening it.")
+            self._fault("dead", getattr(p, "dead_text", None) or "The audio stream stopped (PortAudio error or "
+                        "the audio server went away); reopening it.")
             old = p.detach_stream()
             was = abandon_portaudio()  # at once: an exit meanwhile must not run Pa_Terminate
             if old is not None and close_bounded(old, 1.0):
