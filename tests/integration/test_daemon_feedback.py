@@ -67,6 +67,7 @@ NOTE = {"idle": (0x90, 0), "queued": (0x90, 10), "rendering": (0x92, 20), "cache
         "playing": (0x91, 50)}
 CC = {"idle": (0xB4, 0), "queued": (0xB4, 10), "rendering": (0xB2, 20), "cached": (0xB4, 40), "playing": (0xB1, 50)}
 SEQUENCE = ("queued", "rendering", "playing", "idle")
+IDLE_LOOKS = [(0x90, 60, 0), (0x90, 61, 0), (0xB4, 20, 0), (0xB4, 21, 0)]
 
 NOTE_SENDER = r"""
 import sys, time, mido
@@ -182,10 +183,15 @@ def hit_over_jack_midi(note: int) -> None:
 
 
 def test_a_late_controller_is_connected_and_gets_every_led(fb_daemon, recorder):
-    every = [(0x90, 60, 0), (0x90, 61, 0), (0xB4, 20, 0), (0xB4, 21, 0)]
-    got = recorder.wait(lambda ms: all(m in ms for m in every), timeout=10)
-    assert sorted(got[:4]) == sorted(every), got
+    got = recorder.wait(lambda ms: all(m in ms for m in IDLE_LOOKS), timeout=10)
+    assert sorted(got[:4]) == sorted(IDLE_LOOKS), got
     assert "MIDI feedback connected to 'lgfbrec:input'" in fb_daemon.log_text()
+    client = OscClient()
+    try:
+        fb = fb_daemon.query_status(client)["feedback"]
+    finally:
+        client.close()
+    assert fb["ports"] == [OUT_PORT, f"{RECORDER}:input"] and fb["sent"] >= 4 and fb["problem"] is None, fb
 
 
 @pytest.mark.parametrize("how", ["jack_midi", "osc"])
@@ -223,12 +229,27 @@ def test_a_controller_that_comes_back_is_connected_again_and_gets_every_led(fb_d
     time.sleep(1.5)  # the daemon looks once a second: it sees the port gone
     again = MidiRecorder()
     try:
-        every = [(0x90, 60, 0), (0x90, 61, 0), (0xB4, 20, 0), (0xB4, 21, 0)]
-        got = again.wait(lambda ms: all(m in ms for m in every), timeout=10)
-        assert sorted(got[:4]) == sorted(every), got
+        got = again.wait(lambda ms: all(m in ms for m in IDLE_LOOKS), timeout=10)
+        assert sorted(got[:4]) == sorted(IDLE_LOOKS), got
         assert "MIDI feedback port 'lgfbrec:input' is connected again." in fb_daemon.log_text()
     finally:
         again.close()
+
+
+def test_a_mapping_reload_with_new_colours_relights_every_led(fb_daemon):
+    """The feedback follows the mapping file: a new idle look goes to every LED (the controller that
+    came back in the previous test is connected)."""
+    rec = MidiRecorder()
+    try:
+        rec.wait(lambda ms: all(m in ms for m in IDLE_LOOKS), timeout=10)
+        mark = rec.mark()
+        text = fb_daemon.mapping.read_text()
+        fb_daemon.mapping.write_text(text.replace("idle: {value: 0}", "idle: {value: 3}"))
+        new = [(m[0], m[1], 3) for m in IDLE_LOOKS]
+        got = rec.wait(lambda ms: all(m in ms for m in new), mark, timeout=15)
+        assert sorted(got) == sorted(new), got  # just the changed looks, once each
+    finally:
+        rec.close()
 
 
 def changes(states: list[str]) -> list[str]:
@@ -263,6 +284,12 @@ def test_pre_rendered_pads_show_cached_and_the_leds_follow_every_state(jack_serv
         assert "playing" in states and states[-1] == "cached", pushed
         assert led(got, "note", 60) == expected(NOTE, 60, states), (got, pushed)
         assert led(got, "cc", 20) == expected(CC, 20, states), (got, pushed)
+        # at shutdown every LED goes dark (the idle look) before the port closes
+        mark = rec.mark()
+        rc, _ = stop_daemon(d)
+        assert rc == 0
+        got = rec.wait(lambda ms: all(m in ms for m in IDLE_LOOKS), mark, timeout=5)
+        assert led(got, "note", 60)[-1] == (0x90, 60, 0) and led(got, "cc", 20)[-1] == (0xB4, 20, 0), got
     finally:
         if rec is not None:
             rec.close()
