@@ -46,7 +46,7 @@ log = logging.getLogger("livegen.stream")
 
 SAFETY = 1.25  # production is assumed this much slower than measured
 MEASURE_CHUNKS = 4  # a model's first stream: its rate is measured from the 2nd to the 4th chunk
-MARGIN_SECONDS = 0.05  # plus this much of lead (scheduling jitter, one GIL stall)
+MARGIN_SECONDS = 0.1  # plus this much of lead, and buffered at the start (jitter, a GIL stall)
 HEAD_SECONDS = 0.05  # a loop's stream carries this much of the next pass's head past the switch
 HANDOVER_SECONDS = 0.5  # a loop's buffer voice is scheduled about this long before the pass it takes
 MIN_DEFER_SECONDS = 0.1  # and never sooner than this after the stream's last write (the player's
