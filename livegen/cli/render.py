@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -91,4 +92,10 @@ def run(args: argparse.Namespace) -> int:
           f"in {summary.seconds:.1f} s")
     for line in summary.failed:
         print(f"failed: {line}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    # Everything is written and closed. Leave without interpreter finalisation: MLX's native
+    # threads torn down there intermittently abort the process ("terminate called without an
+    # active exception"), which would turn a finished render into exit code -6.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if summary.failed else 0)

@@ -41,9 +41,14 @@ def engine_defaults(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def worker_options(settings: Settings, render_nice: int | None = None) -> Any:
-    """The generation thread's options as the daemon sets them (``livegen render`` and the Ray
-    replicas use the same, so their clips equal the daemon's); ``render_nice`` overrides the
-    thread's priority drop (0 where no audio thread needs the CPU)."""
+    """The generation thread's options as the daemon sets them (the daemon, ``livegen render``
+    and the Ray replicas all build them here, so their clips are the same samples);
+    ``render_nice`` overrides the thread's priority drop (0 where no audio thread needs the CPU).
+
+    ``python_audio`` decides the BLAS thread count (livegen.device.configure_mlx), and the thread
+    count changes the last bits of a clip (GEMM sums in another order: ~1e-5 apart, measured), so
+    it follows the daemon's audio settings even where no audio plays; on another machine the core
+    count (or ``LIVEGEN_CPU_THREADS``) has to match too for sample-exact clips."""
     from livegen.engine.worker import RENDER_NICE, WorkerOptions
 
     s = settings
@@ -51,7 +56,9 @@ def worker_options(settings: Settings, render_nice: int | None = None) -> Any:
                          finish_running_on_shutdown=s.engine.finish_running_on_shutdown,
                          fade_seconds=s.audio.fade_ms / 1000.0, default_model=s.default_model,
                          model_kwargs=engine_defaults(s), levels=s.levels,
-                         render_nice=RENDER_NICE if render_nice is None else render_nice)
+                         render_nice=RENDER_NICE if render_nice is None else render_nice,
+                         # full speed unless the audio callback is Python (livegen.device.configure_mlx)
+                         python_audio=s.audio.enabled and getattr(s.audio, "backend", "python") == "python")
 
 
 def check_audio_device(settings: Settings) -> None:

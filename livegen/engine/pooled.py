@@ -61,6 +61,7 @@ class PooledEngine:
         self._prefix = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._seq = itertools.count(1)
         self._bridge: Any = None
+        self._bridges: list[Any] = []  # every bridge started: none may outlive the daemon
         self._lock = threading.Lock()
         self.state = "connecting"  # connecting, connected, unavailable, closed
         self.error: str | None = None
@@ -155,8 +156,8 @@ class PooledEngine:
         self.state = "closed"
         for job_id in list(self._remote):
             self.cancel(job_id)
-        if self._bridge is not None:
-            threading.Thread(target=self._bridge.close, name="livegen-ray-close", daemon=True).start()
+        for bridge in self._bridges:  # asked to leave, then ended by PID (this is off the loop)
+            bridge.close(timeout=0.5)
         return self.local.close(finish_running, timeout)
 
     # ---- the pool ------------------------------------------------------------------------
@@ -167,6 +168,7 @@ class PooledEngine:
         self._retry_at = time.monotonic() + RECONNECT_SECONDS
         try:
             self._bridge = BridgeClient(self._from_bridge)
+            self._bridges = [b for b in self._bridges if b.proc.poll() is None] + [self._bridge]
         except OSError as exc:
             self.state, self.error = "unavailable", f"cannot start the Ray bridge: {exc}"
             return

@@ -64,6 +64,9 @@ class BridgeClient:
 
     def close(self, timeout: float = 2.0) -> None:
         """Ask the bridge to leave, then end it by its PID if it does not."""
+        if self.proc.poll() is not None:
+            self.closed = True
+            return
         self.send(("close",))
         try:
             self.proc.wait(timeout)
@@ -174,7 +177,8 @@ def _serve(conn: Connection) -> None:
                 pool.cancel(message[1])
         elif op == "close":
             break
-    if pool is not None:
+    if pool is not None:  # the cluster may be gone: leaving must not wait for it
+        threading.Timer(2.0, os._exit, (0,)).start()
         pool.close(shutdown=True)
 
 

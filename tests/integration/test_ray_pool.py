@@ -169,6 +169,44 @@ def test_cancel_reaches_the_replica(pool):
     assert pool.submit(_request("after cancel", "default"))[1].result(120).frames > 0
 
 
+def test_render_bank_on_the_pool_gives_the_local_files(cluster, pool, local, tmp_path):
+    """`livegen render`'s plan and run on the pool (RayRenderer, clips spread over the replicas)
+    and on the local worker: the same cache files, the same samples."""
+    from livegen import render_bank as rb
+    from livegen.engine.ray_client import RayRenderer
+    from livegen.limits import ModelCaps
+
+    settings = cluster["settings"]
+    bank = tmp_path / "bank.csv"
+    bank.write_text("prompt,seconds,steps\nkick drum,0.2,4\nsnare hit,0.2,4\nwarm pad,0.3,4\n")
+
+    class Local:
+        capacity = 2
+
+        def caps(self):
+            return {n: ModelCaps.from_engine(n, e, settings.models.get(n)) for n, e in local.worker.engines.items()}
+
+        def submit(self, request):
+            return local.render(request)[1]
+
+        def close(self):
+            pass
+
+    remote = RayRenderer(pool, ["default"])  # not closed: the module's pool stays connected
+    assert remote.capacity == 4  # 2 replicas, one clip queued behind each
+    plan_local = rb.plan(settings, bank, Local().caps(), 2)
+    plan_remote = rb.plan(settings, bank, remote.caps(), 2)
+    assert [i.request for i in plan_local] == [i.request for i in plan_remote] and len(plan_local) == 6
+    a, b = tmp_path / "local", tmp_path / "pool"
+    assert rb.run(plan_local, Local(), rb.Outputs(a, None, settings.tempo.bpm), progress=False).rendered == 6
+    summary = rb.run(plan_remote, remote, rb.Outputs(b, None, settings.tempo.bpm), progress=False)
+    assert summary.rendered == 6 and not summary.failed
+    names = sorted(p.name for p in a.glob("*.npy"))
+    assert names == sorted(p.name for p in b.glob("*.npy")) and len(names) == 6
+    for name in names:
+        np.testing.assert_array_equal(np.load(a / name), np.load(b / name))
+
+
 def test_killed_replica_job_is_retried_or_reported(pool, local):
     """SIGKILL to the replica rendering the job: the job comes back (retried on the other replica,
     equal to the local render) or fails with PoolLost; it never hangs or vanishes."""

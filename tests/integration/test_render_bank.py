@@ -149,6 +149,42 @@ def test_render_bank_resumes_after_kill_and_daemon_serves_it(tiny_model, tmp_pat
     assert sorted(_kept(cache)) == sorted(after)  # playing a kept clip never deletes it
 
 
+def _gcs_pids() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines()[1:] if "gcs_server" in line}
+
+
+def test_render_bank_on_a_private_ray_cluster_gives_the_local_files(tiny_model, tmp_path):
+    """`livegen render --ray local`: a private cluster started for the run (2 replicas), the same
+    files as the local engine's, and no Ray process left after."""
+    from tests.conftest import require_or_skip
+
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        require_or_skip("LIVEGEN_REQUIRE_RAY", f"ray[serve] is not installed (pip install -e .[ray]): {exc}")
+    config, mapping, cache, _, status = _setup(tmp_path, tiny_model)
+    status.close()
+    env = dict(_env(tiny_model), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    local = subprocess.run(_render_cmd(mapping, config, cache), env=env, cwd=str(REPO), capture_output=True,
+                           text=True, timeout=300)
+    assert local.returncode == 0 and "rendered 6" in local.stdout, local.stdout + local.stderr
+    before = _gcs_pids()
+    pooled = tmp_path / "pooled"
+    run = subprocess.run(_render_cmd(mapping, config, pooled, "--ray", "local", "--replicas", "2"), env=env,
+                         cwd=str(REPO), capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0 and "rendered 6" in run.stdout, run.stdout + run.stderr[-4000:]
+    assert "Ray pool (default: 2 replica(s))" in run.stderr, run.stderr[-2000:]
+    names = sorted(p.name for p in cache.glob("*.npy"))
+    assert len(names) == 6 and names == sorted(p.name for p in pooled.glob("*.npy"))
+    for name in names:
+        np.testing.assert_array_equal(np.load(cache / name), np.load(pooled / name))
+    deadline = time.monotonic() + 20
+    while _gcs_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _gcs_pids() - before, "the run's Ray cluster is still running"
+
+
 def _wait_wav(folder: Path, seen: set[Path], timeout: float = 20.0) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
