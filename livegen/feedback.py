@@ -16,8 +16,9 @@ each of its LEDs and keeps what has to go out:
 records the change (a lock held for microseconds) and wakes it. The thread also opens the MIDI
 output (:mod:`livegen.control.midi_out`) when a reloaded mapping brings a feedback section, looks
 at the named connections once a second and sends every LED again when a controller came back,
-follows mapping reloads (LEDs no longer in the mapping are set to their old idle look), and at
-close sets every LED to idle before the port closes.
+follows mapping reloads (LEDs no longer in the mapping are switched off; ports a
+reload names are connected, those it no longer names stay connected until the daemon restarts),
+and at close sets every LED to idle before the port closes.
 """
 
 from __future__ import annotations
@@ -95,14 +96,14 @@ class LedBoard:
             self.show(slot, state, progress)
 
     def replace(self, spec: FeedbackSpec) -> None:
-        """A reloaded mapping: LEDs it no longer lights get their idle look, the others their state."""
-        old = LedBoard(self.spec)
+        """A reloaded mapping: LEDs it no longer lights are switched off (velocity or value 0 on
+        their group's channel), the others show their slot's state in the new look."""
         keep = {(g.kind, n) for g in spec.groups for n in g.numbers}
         for i, g in enumerate(self.spec.groups):
-            for slot, n in enumerate(g.numbers):
+            for n in g.numbers:
                 if (g.kind, n) not in keep:
-                    msg = old.spec.message(g, slot, "idle")
-                    if msg is not None and self.sent.get((g.kind, n, i)) != msg:
+                    msg = ((0x90 if g.kind == "note" else 0xB0) | g.channel, n, 0)
+                    if self._last((g.kind, n, i)) != msg:
                         self.queue.append(((g.kind, n, i), msg))
         self.spec = spec
         self.sent = {k: v for k, v in self.sent.items() if (k[0], k[1]) in keep}
@@ -127,9 +128,11 @@ class Feedback:
     """The feedback thread. ``spec()`` is read on the thread (a mapping reload may change it);
     :meth:`on_slot` is the slot states' listener (called on the loop)."""
 
-    def __init__(self, spec: Callable[[], FeedbackSpec | None], make_output: Callable[[FeedbackSpec], Any]) -> None:
+    def __init__(self, spec: Callable[[], FeedbackSpec | None], make_output: Callable[[FeedbackSpec], Any],
+                 connect_of: Callable[[FeedbackSpec], list[str]] | None = None) -> None:
         self._spec_source = spec
         self._make_output = make_output
+        self._connect_of = connect_of  # the port names a spec wants connected (a reload may add some)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -211,6 +214,8 @@ class Feedback:
                 self._board.show_all()
             else:
                 board.replace(spec)
+                if self._connect_of is not None and self.output is not None:
+                    self.output.want(self._connect_of(spec))
             if self._bucket is None or self._bucket.rate != spec.rate:
                 self._bucket = TokenBucket(spec.rate)
 
@@ -261,14 +266,17 @@ def start_feedback(daemon: Any) -> Feedback:
 
     s = daemon.settings.midi
 
+    def connect_of(spec: FeedbackSpec) -> list[str]:
+        return [*s.feedback_connect, *spec.connect]
+
     def make_output(spec: FeedbackSpec) -> MidiOutput:
-        return MidiOutput(s.port_name, [*s.feedback_connect, *spec.connect], api=s.api, virtual=s.virtual)
+        return MidiOutput(s.port_name, connect_of(spec), api=s.api, virtual=s.virtual)
 
     def spec() -> FeedbackSpec | None:
         session = daemon.session
         return session.mapper.feedback if session is not None else None
 
-    feedback = Feedback(spec, make_output)
+    feedback = Feedback(spec, make_output, connect_of)
     daemon.slots.listeners.append(feedback.on_slot)
     for slot, (state, progress) in list(daemon.slots.states.items()):
         feedback.on_slot(slot, state, progress)

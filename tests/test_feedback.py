@@ -129,7 +129,7 @@ def test_board_resends_everything_and_follows_a_reload():
     assert sorted(b.take(100)) == sorted([(0x99, 36, 0), (0xB0, 1, 0), (0x99, 37, 37), (0xB0, 2, 37)])
     smaller = spec(BASE.replace("    - cc: [1, 2]\n", ""))
     b.replace(smaller)
-    assert b.take(100) == [(0xB0, 2, 0)]  # the CC LEDs left the mapping: the lit one gets the idle look
+    assert b.take(100) == [(0xB0, 2, 0)]  # the CC LEDs left the mapping: the lit one is switched off
 
 
 def test_token_bucket_bounds_the_rate():
@@ -147,6 +147,7 @@ def test_token_bucket_bounds_the_rate():
 
 class FakeOut:
     def __init__(self) -> None:
+        self.wanted: list[list[str]] = []
         self.messages: list[tuple[float, tuple[int, ...]]] = []
         self.port_names = ["fake:midi_out"]
         self.sent = self.failed = 0
@@ -161,6 +162,9 @@ class FakeOut:
             self.reconnect.clear()
             return True
         return False
+
+    def want(self, connect) -> None:
+        self.wanted.append(list(connect))
 
     def send(self, m) -> bool:
         self.messages.append((time.monotonic(), tuple(m)))
@@ -255,3 +259,21 @@ def test_the_midi_input_never_connects_the_feedback_output():
     midi = MidiInput(None, lambda e: None, MidiEvent, port_name="lgx", connect=["lgx"])
     assert midi._match("lgx", ["lgx_out:midi_out", "lgx-keys:out"]) == "lgx-keys:out"
     assert midi._match("midi_out", ["lgx_out:midi_out"]) is None
+
+
+def test_a_reload_follows_the_new_section_and_its_ports():
+    out = FakeOut()
+    current = [spec()]
+    fb = Feedback(lambda: current[0], lambda s: out, lambda s: ["from-settings", *s.connect])
+    fb.open()
+    wait_until(lambda: len(out.messages) == 4)
+    current[0] = spec(BASE.replace("  pads:", "  connect: [LPX]\n  pads:").replace("idle: 0", "idle: 1"))
+    fb.on_slot(0, SlotState.IDLE, 0.0)  # any wake; the thread also looks once a second
+    wait_until(lambda: len(out.messages) == 8)
+    assert {m for _, m in out.messages[4:]} == {(0x99, 36, 1), (0x99, 37, 1), (0xB0, 1, 1), (0xB0, 2, 1)}
+    assert out.wanted == [["from-settings", "LPX"]]
+    current[0] = None  # the section was removed: its LEDs are switched off
+    fb.on_slot(0, SlotState.IDLE, 0.0)
+    wait_until(lambda: len(out.messages) == 12)
+    assert {m for _, m in out.messages[8:]} == {(0x99, 36, 0), (0x99, 37, 0), (0xB0, 1, 0), (0xB0, 2, 0)}
+    fb.close()

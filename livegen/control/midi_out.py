@@ -111,6 +111,11 @@ class MidiOutput:
         return matches[0] if matches else None
 
     # ------------------------------------------------------------------ connections
+    def want(self, connect: Sequence[str]) -> None:
+        """Ports to connect from now on (a mapping reload): new names are connected by the next
+        :meth:`check`; a name no longer wanted is not looked after (its connection stays)."""
+        self._connect = list(dict.fromkeys(connect))
+
     def check(self, first: bool = False) -> bool:
         """Connect what is wanted and not connected; True when a connection was made (the caller then
         sends every LED again: a controller that appeared or came back knows none of them)."""
