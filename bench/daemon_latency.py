@@ -70,6 +70,7 @@ class Osc:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.messages: list[tuple[str, list[Any]]] = []
+        self.arrived: list[float] = []  # time.perf_counter() at which each message came
         self._cond = threading.Condition()
         self._closed = False
         threading.Thread(target=self._read, daemon=True).start()
@@ -84,8 +85,10 @@ class Osc:
                 msgs = [(m.message.address, list(m.message.params)) for m in self._packet(data).messages]
             except Exception:  # noqa: BLE001 - ignore garbage
                 continue
+            now = time.perf_counter()
             with self._cond:
                 self.messages.extend(msgs)
+                self.arrived.extend([now] * len(msgs))
                 self._cond.notify_all()
 
     def send(self, port: int, address: str, *args: Any) -> None:
@@ -235,6 +238,8 @@ class Plan:
     continuous_seconds: float
     load_timeout: float
     generate_timeout: float
+    stream: bool = True  # audio.stream: uncached requests play while generated (False: when complete)
+    tile_latents: int | None = None  # audio.stream_tile_latents (None: the daemon's default)
 
 
 MAPPING = """\
@@ -257,7 +262,8 @@ def _settings(path: Path, model: Path, t5: Path, osc_port: int, status_port: int
         f"    seconds: {plan.seconds}", f"    steps: {plan.steps}",
         "osc:", f"  port: {osc_port}", f"  status_port: {status_port}",
         "midi:", "  enabled: true", f"  port_name: {midi_name}", "  api: jack",
-        "audio:", "  enabled: true",
+        "audio:", "  enabled: true", f"  stream: {'true' if plan.stream else 'false'}",
+        *([f"  stream_tile_latents: {plan.tile_latents}"] if plan.tile_latents else []),
         "engine:", f"  warmup_seconds: [{plan.seconds}]", f"  max_seconds: {max(plan.seconds, 1.0)}",
         "prerender:", "  enabled: true", f"  variations: {VARIATIONS}",
         f"mappings: [{mapping}]",
@@ -356,6 +362,7 @@ def run(model: Path, t5: Path, cache: Path, workdir: Path, plan: Plan, log: Call
         _wait_idle(osc, port, plan.generate_timeout * 3)
         # -- uncached: fresh prompt and seed each time (the generation is part of the latency)
         uncached: list[float] = []
+        rendered: list[float] = []
         for i in range(plan.uncached):
             rec.wait_quiet()
             mark = osc.mark()
@@ -367,10 +374,20 @@ def run(model: Path, t5: Path, cache: Path, workdir: Path, plan: Plan, log: Call
             except TimeoutError as exc:
                 raise RuntimeError(f"{exc}; ports {new}; daemon status {_status(osc, port)}") from None
             uncached.append(onset - t0)
-            log(f"  uncached trigger {i + 1}/{plan.uncached}: first frame after {onset - t0:.3f} s")
             job = osc.wait("/livegen/ack", mark, timeout=10)[0]
             osc.wait("/livegen/done", mark, timeout=plan.generate_timeout, where=lambda p, job=job: p[0] == job)
-        result["uncached"] = {"samples": uncached, "median": statistics.median(uncached) if uncached else None}
+            with osc._cond:  # when the clip was complete: its done reply (no folder output here)
+                at = next(osc.arrived[k] for k in range(mark, len(osc.messages))
+                          if osc.messages[k][0] == "/livegen/done" and osc.messages[k][1][0] == job)
+            rendered.append(at - t0)
+            log(f"  uncached trigger {i + 1}/{plan.uncached}: first frame after {onset - t0:.3f} s "
+                f"(clip complete after {at - t0:.3f} s)")
+        result["uncached"] = {"samples": uncached, "median": statistics.median(uncached) if uncached else None,
+                              "stream": plan.stream, "complete_after": rendered,
+                              "first_sound_minus_complete": [a - b for a, b in zip(uncached, rendered, strict=True)]}
+        result["streaming"] = _status(osc, port).get("streaming")
+        if plan.cached == 0 and plan.continuous_seconds <= 0:
+            return result
 
         # -- cached: a pad with a fixed prompt, pre-rendered by the daemon in idle time
         sources = rec.client.get_ports(f"{out_client}.*:{out_port}", is_midi=True, is_output=True)
@@ -450,3 +467,81 @@ def run(model: Path, t5: Path, cache: Path, workdir: Path, plan: Plan, log: Call
         midi_out.close()  # after the recorder's client is gone (see above)
         status_osc.close()
         osc.close()
+
+
+def compare_streaming(model: Path, t5: Path, cache: Path, workdir: Path, plan: Plan,
+                      log: Callable[[str], None]) -> dict[str, Any]:
+    """Uncached trigger -> first sound with ``audio.stream`` on and off (two daemons, one after the
+    other, the same clips). The first trigger of each daemon is left out of the medians: a daemon's
+    first stream measures its model's decoding rate over 4 tiles before it starts (later streams
+    start on the first tile), and the first buffered clip pays the same one-time costs. Each
+    trigger also notes when the clip was complete (its ``done`` reply): first sound minus that is
+    the figure that does not depend on how loaded the machine was during either daemon's run
+    (buffered: one period or so after; streamed: before, by up to the decode time)."""
+    out: dict[str, Any] = {"clip_seconds": plan.seconds, "steps": plan.steps}
+    for stream in (True, False):
+        name = "streamed" if stream else "buffered"
+        log(f"daemon, {name}:")
+        p = Plan(**{**plan.__dict__, "stream": stream, "cached": 0, "continuous_seconds": 0.0})
+        r = run(model, t5, cache, workdir / name, p, log)
+        warm = r["uncached"]["samples"][1:] or r["uncached"]["samples"]
+        ahead = r["uncached"]["first_sound_minus_complete"]
+        out[name] = {"samples": r["uncached"]["samples"], "median_warm": statistics.median(warm),
+                     "complete_after": r["uncached"]["complete_after"],
+                     "first_sound_minus_complete": ahead,
+                     "median_first_sound_minus_complete": statistics.median(ahead[1:] or ahead),
+                     "streaming": r.get("streaming"), "jack": r.get("jack")}
+    out["ratio"] = out["streamed"]["median_warm"] / out["buffered"]["median_warm"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python bench/daemon_latency.py --compare-streaming [--smoke]``: see :func:`compare_streaming`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--compare-streaming", action="store_true", required=True)
+    ap.add_argument("--smoke", action="store_true", help="a tiny random checkpoint instead of SA small")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/livegen-daemon-latency"))
+    ap.add_argument("--seconds", type=float, default=None, help="clip length (default 4; smoke 0.45)")
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default 8; smoke 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="uncached triggers per daemon after the first")
+    ap.add_argument("--tile-latents", type=int, default=None, help="audio.stream_tile_latents")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = ap.parse_args(argv)
+    ok, why = jack_running()
+    if not ok:
+        print(f"not measured: {why}", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(ROOT))
+    work = args.workdir
+    if args.smoke:
+        from tests.reference.sa_checkpoint import build_tiny_stable_audio
+
+        info = build_tiny_stable_audio(work / "model", "small", sample_size=22528)
+        model, t5 = Path(info["checkpoint_dir"]), Path(info["t5_dir"])
+        seconds, steps, timeout = args.seconds or 0.45, args.steps or 2, 300.0
+    else:
+        model, t5 = work / "sa-small" / "stable-audio", work / "sa-small" / "t5-base"
+        if not (model / "model.safetensors").is_file():
+            from bench import stable_audio as sa
+
+            sa.build("small", sa.Sizes(False), work, pipeline=True, log=print)
+        seconds, steps, timeout = args.seconds or 4.0, args.steps or 8, 900.0
+    plan = Plan(seconds=seconds, steps=steps, uncached=args.repeats + 1, cached=0, continuous_seconds=0.0,
+                load_timeout=timeout, generate_timeout=timeout, tile_latents=args.tile_latents)
+    cache = Path(os.environ.get("LIVEGEN_CACHE", str(work / "cache")))
+    res = compare_streaming(model, t5, cache, work, plan, print)
+    print(json.dumps(res, indent=1))
+    print(f"uncached trigger -> first sound, {seconds:g} s clip, {steps} steps (medians without each daemon's "
+          f"first trigger): streamed {res['streamed']['median_warm']:.3f} s, buffered "
+          f"{res['buffered']['median_warm']:.3f} s ({res['ratio']:.2f}x); first sound minus clip complete: "
+          f"streamed {res['streamed']['median_first_sound_minus_complete']:+.3f} s, buffered "
+          f"{res['buffered']['median_first_sound_minus_complete']:+.3f} s")
+    if args.json is not None:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
