@@ -104,8 +104,10 @@ class HostedPlayer:
         self._closing = False
         self.restarts = 0
         self.faults = 0
+        self._faulted = False  # a fault was reported and nothing has recovered since
         self._respawner: threading.Thread | None = None
         self._last_stats: dict[str, Any] = {}
+        self._state: tuple[int, float] | None = None  # (child frame, monotonic time), pushed every 40 ms
 
     # ------------------------------------------------------------------ child lifecycle
     def start(self) -> None:
@@ -128,6 +130,9 @@ class HostedPlayer:
             self._kill()
             raise
         self.ports = list(info.get("ports", []))
+        self._faulted = False
+        self._last_stats = dict(self._call("stats"))
+        self._state = (int(self._last_stats.get("frames", 0)), time.monotonic())
         self._down = False
 
     def _reader(self, conn: Any, epoch: int) -> None:
@@ -140,6 +145,10 @@ class HostedPlayer:
                 with self._reply_cv:
                     self._replies[msg[1]] = msg
                     self._reply_cv.notify_all()
+            elif msg[0] == "state":
+                if epoch == self._epoch:
+                    self._state = (int(msg[1]), float(msg[2]))
+                    self._last_stats = msg[3]
             elif msg[0] == "event":
                 self._event(msg[1], msg[2], epoch)
         with self._reply_cv:
@@ -150,8 +159,10 @@ class HostedPlayer:
     def _event(self, kind: str, text: str, epoch: int) -> None:
         if kind == "fault":
             self.faults += 1
+            self._faulted = True
             self._say(self.on_fault, text)
         elif kind == "recover":
+            self._faulted = False
             self._say(self.on_recover, text)
         elif kind == "abandoned" and epoch == self._epoch:
             self._lost(text)
@@ -193,6 +204,7 @@ class HostedPlayer:
                 log.info("audio process not started yet: %s", exc)
                 continue
             gap = int((time.monotonic() - self._last_frame_time) * self.sample_rate)
+            self._state = None
             self._offset = self._last_frame + gap - int(self._call("frame"))
             self.restarts += 1
             try:
@@ -267,11 +279,11 @@ class HostedPlayer:
         return self._alive() and bool(self.stats().get("running"))
 
     def frame_estimate(self) -> int:
-        if self._alive():
-            try:
-                return int(self._call("frame", timeout=0.5)) + self._offset
-            except Exception:
-                pass
+        """The child's frame clock, extrapolated from its last published (frame, time) pair: no
+        round trip, so the event loop never waits on the audio process."""
+        st = self._state
+        if self._alive() and st is not None:
+            return st[0] + self._offset + int((time.monotonic() - st[1]) * self.sample_rate)
         return self._last_frame + int((time.monotonic() - self._last_frame_time) * self.sample_rate)
 
     @property
@@ -319,20 +331,20 @@ class HostedPlayer:
         else:
             self._loops.pop(int(slot), None)
         if self._alive():
-            self._call("stop_slot", slot, launch)
+            self._send(0, "stop_slot", (slot, launch), {})
 
     def set_gain(self, slot: int, gain: float) -> None:
         if int(slot) in self._loops:
             self._loops[int(slot)] = (self._loops[int(slot)][0], float(gain))
         if self._alive():
-            self._call("set_gain", slot, gain)
+            self._send(0, "set_gain", (slot, gain), {})
 
     def set_bpm(self, bpm: float, beats_per_bar: int | None = None) -> None:
         if not 20.0 <= bpm <= 400.0:
             raise ValueError(f"bpm must be between 20 and 400, not {bpm!r}")
         self._tempo = (float(bpm), int(beats_per_bar) if beats_per_bar is not None else self._tempo[1])
         if self._alive():
-            self._call("set_bpm", bpm, beats_per_bar)
+            self._send(0, "set_bpm", (bpm, beats_per_bar), {})
 
     def frame_at(self, t: float) -> int:
         return self._frames_out(self._call("frame_at", t)) if self._alive() else self.frame
@@ -340,21 +352,18 @@ class HostedPlayer:
     def anchor_bar(self, frame: int) -> None:
         self._anchor = int(frame)
         if self._alive():
-            self._call("anchor_bar", int(frame) - self._offset)
+            self._send(0, "anchor_bar", (int(frame) - self._offset,), {})
 
     def stats(self) -> dict[str, Any]:
-        if self._alive():
-            try:
-                st = dict(self._call("stats", timeout=1.0))
-                st["frames"] = int(st.get("frames", 0)) + self._offset
-                st["restarts"] = self.restarts
-                st["stream_errors"] = max(int(st.get("stream_errors", 0)), self.faults)
-                st["backend"] = "rtmixer"
-                st["process"] = True
-                self._last_stats = st
-                return st
-            except Exception:
-                pass
+        """The child's statistics as it last published them (every 40 ms): no round trip."""
+        if self._alive() and self._last_stats and not self._faulted:
+            st = dict(self._last_stats)
+            st["frames"] = int(st.get("frames", 0)) + self._offset
+            st["restarts"] = self.restarts
+            st["stream_errors"] = max(int(st.get("stream_errors", 0)), self.faults)
+            st["backend"] = "rtmixer"
+            st["process"] = True
+            return st
         st = dict(self._last_stats) or {"callbacks": 0, "underflows": 0, "xruns": 0, "last_underflow_time": None,
                                         "slots_playing": [], "slot_levels": {}, "slot_positions": {}}
         st.update(running=False, stalled=True, frames=self.frame, restarts=self.restarts, process=True,
@@ -414,6 +423,17 @@ def child_main(conn: Any, settings: dict, tempo: tuple[float, int]) -> None:
                 return
 
     threading.Thread(target=watch_abandon, daemon=True).start()
+
+    def publish() -> None:
+        while True:
+            time.sleep(0.04)
+            try:
+                push("state", player.frame, time.monotonic(), player.stats())
+            except Exception:  # the stream is being replaced: next time
+                pass
+
+    if error is None:
+        threading.Thread(target=publish, daemon=True).start()
     while True:
         try:
             mid, name, args, kwargs = conn.recv()

@@ -59,6 +59,7 @@ log = logging.getLogger("livegen.audio")
 
 _SILENT = np.zeros((1, 8), np.float32)  # the clock probe's one frame (8: the most channels)
 ACTION_QUEUE = 1024  # rtmixer's action and result queues (a power of two)
+ANCHOR_WINDOW = 12  # clock probes (0.5 s) whose earliest stamp anchors the clock
 STATS_PERIOD = 0.04  # seconds between two reads of the callback's counters (also the stall detector's ping)
 
 
@@ -92,6 +93,7 @@ class RtPlayer:
         self._last_frame = 0
         self._last_frame_time = time.monotonic()
         self._probe: Any = None
+        self._anchors: list[float] = []  # DAC time of the stream's first frame, one per probe
         self._latency = 0.0
         self._voices: list[RtVoice] = []  # voices whose action the callback may still hold
         self._slots: dict[int, RtVoice] = {}  # the current voice of each slot
@@ -158,6 +160,7 @@ class RtPlayer:
             gap = int((time.monotonic() - self._last_frame_time) * self.sample_rate) if old else 0
             self._stream_base = self._last_frame + gap if old else 0
             self._blocks_total = 0
+            self._anchors = []
             self._latency = float(m.latency)
             self._m = m
             self._voices = []
@@ -484,10 +487,17 @@ class RtPlayer:
             probe_t = float(self._probe.actual_time)
             if probe_t > 0.0 and self._blocks_total > 0:
                 if self._clock_exact:
-                    self._base = self._stream_base + (self._blocks_total - 1) * self.blocksize
+                    base = self._stream_base + (self._blocks_total - 1) * self.blocksize
+                    # PortAudio stamps a block when its callback starts, a little after the cycle
+                    # did (more on a loaded machine): the earliest stamp of the last probes is the
+                    # closest to the cycle's own time
+                    self._anchors.append(probe_t - (base - self._stream_base) / self.sample_rate)
+                    del self._anchors[:-ANCHOR_WINDOW]
+                    self._base = base
+                    self._t0 = min(self._anchors) + (base - self._stream_base) / self.sample_rate
                 else:
                     self._base = self.frame if self._t0 else self._stream_base
-                self._t0 = probe_t
+                    self._t0 = probe_t
             self._stats_act = None
             a = None
         now = time.monotonic()
