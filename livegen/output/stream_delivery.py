@@ -10,12 +10,14 @@ thread); the event loop only creates it, asks for its stats and stops it.
   re-trigger and a loop's buffer, so what sounds again is what sounded.
 - **When it starts**: at the first launch point of the request (``now``/``beat``/``bar``) that the
   stream can fill without running dry. The production rate (model frames per second of wall time)
-  is remembered from the last streams of the same model (the slower side of a running mean: a
-  loaded machine stays loaded a while), so a warm daemon decides on the first chunk; a model's first
-  stream measures it between its 2nd and ``MEASURE_CHUNKS``-th chunk; with ``r`` that rate, ``n`` the frames still to come and
-  ``N`` the clip, the voice must start ``max(0, SAFETY * n / r - N / rate + MARGIN_SECONDS)``
-  from now at the earliest (0: the request's launch point, as a buffered clip would get it), and
-  not before ``MARGIN_SECONDS`` of audio are buffered. If the estimate misses, the voice plays silence until data arrives
+  is remembered from the last streams of the same model (a running mean), so a warm daemon can
+  decide on the first chunk; a model's first stream waits for ``MEASURE_CHUNKS`` chunks, and from
+  then on every stream uses its own rate (between its 2nd and last chunk). With ``r`` that rate,
+  ``n`` the frames still to come and ``N`` the clip, the voice must start
+  ``max(0, SAFETY * n / r - N / rate + MARGIN_SECONDS)`` from now at the earliest (0: the
+  request's launch point, as a buffered clip would get it), and not before ``MARGIN_SECONDS`` of
+  audio are buffered. A start further ahead than the next chunk is not committed: the next chunk
+  decides again, knowing more. If the estimate misses, the voice plays silence until data arrives
   (the player's StreamVoice counts each miss) and the misses are in ``stats()``.
 - **Loops**: the first pass is the stream; at its end the finished clip is written once more after
   it (and a little of its head), and a looping buffer voice is scheduled on the frame where that
@@ -296,24 +298,36 @@ class StreamDelivery:
         return (w1 - w0) / (t1 - t0) if t1 > t0 else math.inf
 
     def _maybe_start(self, now: float, final: bool) -> None:
-        """Start once the rate is known: on the first chunk with the rate the last streams of this
-        model reached; a model's first stream after MEASURE_CHUNKS chunks, with the rate between its
-        2nd and last chunk (the first tiles of a stream also compile the decoder's kernels)."""
+        """Decide the start with what is known at this chunk: the stream's own rate once it has
+        MEASURE_CHUNKS chunks (between its 2nd and last: the first tiles of a stream also compile
+        the decoder's kernels), before that the rate of the model's last streams (none: wait).
+        A start further ahead than the next chunk (its expected interval, with SAFETY, plus the
+        margin) is not committed yet: the next chunk decides again, knowing more, so a stream never
+        starts later than its rate needs (nor later than a buffered clip: the last chunk starts it)."""
         remaining = self._total_in - self._written_in
         remembered = self.stats.rates.get(self.model_key)
         if final:
             rate = math.inf
-        elif remembered:
-            rate = remembered
         elif len(self._times) >= MEASURE_CHUNKS:
             rate = self._measured_rate(first=1) or math.inf
+        elif remembered:
+            rate = remembered
         else:
             return  # measure on the next chunks
         lead = lead_seconds(rate, remaining, self._total_in, self._in_rate)
         if not math.isfinite(lead):
             return
-        frame = int(self.player.frame) + int(math.ceil(lead * int(self.player.sample_rate))) if lead > 0 else 0
-        self._start(launch_at_or_after(self.player, frame, self.request.launch), lead)
+        sr = int(self.player.sample_rate)
+        frame = int(self.player.frame) + int(math.ceil(lead * sr)) if lead > 0 else 0
+        frame = launch_at_or_after(self.player, frame, self.request.launch)
+        if not final:  # when the next chunk is due: the last interval, or this chunk's length at the rate
+            if len(self._times) >= 2:
+                gap = self._times[-1][0] - self._times[-2][0]
+            else:
+                gap = self._times[-1][1] / rate
+            if (frame - int(self.player.frame)) / sr > SAFETY * gap + MARGIN_SECONDS:
+                return  # the next chunk comes before this start is due
+        self._start(frame, lead)
 
     def _start(self, frame: int, lead: float) -> None:
         if self._stopped.is_set():
@@ -331,8 +345,8 @@ class StreamDelivery:
     def _remember_rate(self) -> None:
         rate = self._measured_rate()
         if rate is not None and math.isfinite(rate) and rate > 0:
-            old = self.stats.rates.get(self.model_key)  # the slower side: a loaded machine stays loaded a while
-            self.stats.rates[self.model_key] = rate if old is None else min(rate, 0.5 * (old + rate))
+            old = self.stats.rates.get(self.model_key)
+            self.stats.rates[self.model_key] = rate if old is None else 0.5 * (old + rate)
 
     def _continue_loop(self, voice: Any, audio: np.ndarray) -> None:
         """Write the next pass(es) after the stream and hand the loop to a buffer voice on the frame

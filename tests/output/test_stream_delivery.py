@@ -258,3 +258,24 @@ def test_rt_player_plays_the_stream_exactly_and_hands_a_loop_over_seamlessly(loo
         np.testing.assert_array_equal(x[:, s0:s0 + n], clip)
         assert not x[:, s0 + n:].any()
     assert sink.stats.as_dict()["misses"] == 0
+
+
+def test_a_pessimistic_remembered_rate_does_not_delay_a_fast_stream():
+    """The remembered rate (1,000 frames/s) would put the start seconds ahead; that start is not
+    committed, and the stream's own rate (fast) starts it after its 4th chunk."""
+    p = make_player()
+    stats = StreamStats()
+    stats.rates["m"] = 1000.0
+    clip = noise(SR, 5)
+    sink = StreamDelivery(p, 7, Req(), stats)
+    with Device(p, 2.0):
+        sink.begin(SR, clip.shape[1])
+        t0 = p.frame
+        for s in range(0, clip.shape[1], 4410):
+            time.sleep(0.01)
+            sink.write(clip[:, s:s + 4410])
+            if s == 0:
+                assert not sink.started
+        sink.end(True)
+    assert sink.start_frame is not None and sink.start_frame - t0 < int(0.3 * SR)
+    assert stats.rates["m"] > 2 * SR  # the mean moved towards what this stream did
