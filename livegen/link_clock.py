@@ -10,8 +10,9 @@ aalink by measurement: ``bench/link_choice.py``, README "Dependencies") and foll
   session at once (:meth:`LinkFollower.tempo_changed`); the session's answer then comes back as
   its tempo (133.0 reads back as 132.99995: changes under :data:`TEMPO_EPSILON` are not changes).
   Link's range is 20-999 bpm, livegen's 20-400: a faster session tempo is clamped (and said so).
-- **Bar lines.** The player's bar grid is re-anchored on every poll to the next bar line of Link's
-  timeline (quantum ``link.quantum`` or ``tempo.beats_per_bar``): the bar's time on Link's clock
+- **Bar lines.** The player's bar grid is re-anchored every :data:`ANCHOR_SECONDS` (and at once
+  after a tempo or meter change) to the next bar line of Link's timeline (quantum
+  ``link.quantum`` or ``tempo.beats_per_bar``): the bar's time on Link's clock
   (``timeAtBeat``, exact to the microsecond) is converted to ``time.monotonic()`` (:class:`ClockMap`)
   and then to the stream frame that is *heard* at that time (``player.frame_at``, which counts the
   output latency), and ``player.anchor_bar`` puts a bar line there; the player's grid tempo is set
@@ -43,14 +44,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from livegen import tempo as tempo_mod
-
 log = logging.getLogger("livegen.link")
 
 LINK_ORIGIN = "link"
 POLL_SECONDS = 0.02  # the follower's cadence (a tempo change also wakes it at once)
 TEMPO_EPSILON = 0.0005  # bpm: Link's float round trip (133.0 -> 132.9999468) is not a change
-ANCHOR_SLACK_FRAMES = 1  # the grid is moved when its bar line is further than this from Link's
+ANCHOR_SECONDS = 0.1  # the grid is re-anchored this often (at once after a tempo or meter change)
 LOG_EVERY_SECONDS = 1.0  # a tempo sweep logs at most one line a second
 BPM_RANGE = (20.0, 400.0)  # livegen's; Link's is 20-999
 
@@ -154,13 +153,6 @@ def next_bar_line(state: SessionTimeline, now_micros: int, quantum: float, clock
     return BarLine(bar, micros, clock.to_monotonic(micros), float(state.tempo()))
 
 
-def grid_error_frames(frame: int, bpm: float, beats_per_bar: int, sample_rate: int, origin: int) -> int:
-    """How far ``frame`` is from the nearest bar line of a player grid (signed frames)."""
-    before = tempo_mod.last_boundary_frame(frame, "bar", bpm, beats_per_bar, sample_rate, origin)
-    after = tempo_mod.next_launch_frame(frame, "bar", bpm, beats_per_bar, sample_rate, origin)
-    return frame - before if frame - before <= after - frame else frame - after
-
-
 def clamp_bpm(bpm: float) -> float:
     return min(max(float(bpm), BPM_RANGE[0]), BPM_RANGE[1])
 
@@ -257,6 +249,8 @@ class LinkFollower:
         self._playing: bool | None = None
         self._logged_at = 0.0
         self._clamped = False
+        self._anchor_key: tuple[float, int, int] | None = None  # (bpm, beats_per_bar, quantum) last anchored
+        self._anchored_at = float("-inf")
         self._task: asyncio.Task | None = None
 
     @property
@@ -338,17 +332,24 @@ class LinkFollower:
         self.daemon.perform(session.set_param("bpm", round(bpm, 6), LINK_ORIGIN), LINK_ORIGIN)
 
     def _anchor(self, snap: LinkSnapshot) -> None:
+        """Put a bar line of the player's grid where Link's next one is heard, every
+        :data:`ANCHOR_SECONDS` (the audio clock and Link's drift apart by parts per million) and at
+        once when the tempo or the meter changed (the player then pivoted its grid on its own bar).
+        ``frame_at`` may be a round trip to an audio process: hence not on every poll."""
         player = self.daemon.player
         if player is None:
             return
         bpb = self.daemon.session.beats_per_bar
-        bpm = clamp_bpm(snap.tempo)
-        if player.bpm != bpm:
-            player.set_bpm(bpm, bpb)
-        frame = player.frame_at(snap.bar.time)
-        if abs(grid_error_frames(frame, player.bpm, bpb, player.sample_rate, player.origin)) > ANCHOR_SLACK_FRAMES:
-            player.anchor_bar(frame)
-            self.reanchors += 1
+        key = (clamp_bpm(snap.tempo), bpb, self.quantum)
+        now = time.monotonic()
+        if key == self._anchor_key and now - self._anchored_at < ANCHOR_SECONDS:
+            return
+        if key != self._anchor_key or player.bpm != key[0]:
+            player.set_bpm(key[0], bpb)
+        player.anchor_bar(player.frame_at(snap.bar.time))
+        self.reanchors += 1
+        self._anchor_key = key
+        self._anchored_at = now
 
     # ------------------------------------------------------------------ from livegen
     def tempo_changed(self, bpm: float, origin: str | None) -> None:

@@ -94,13 +94,6 @@ def test_the_next_bar_line_is_strictly_after_now_and_on_the_monotonic_clock():
     assert lc.next_bar_line(tl, 0, 4, m).micros == 1_000_000  # before the origin: the bar at beat 0
 
 
-def test_grid_error_is_the_distance_to_the_nearest_bar_line():
-    bar = 4 * 22050
-    assert lc.grid_error_frames(1000 + bar, 120.0, 4, 44100, 1000) == 0
-    assert lc.grid_error_frames(1000 + bar + 7, 120.0, 4, 44100, 1000) == 7
-    assert lc.grid_error_frames(1000 + bar - 7, 120.0, 4, 44100, 1000) == -7
-
-
 def test_bpm_is_clamped_to_livegens_range():
     assert lc.clamp_bpm(999.0) == 400.0 and lc.clamp_bpm(10.0) == 20.0 and lc.clamp_bpm(133.3) == 133.3
 
@@ -209,9 +202,12 @@ def test_the_session_follows_links_tempo_and_the_grid_its_bar_lines():
         beat_frames = 60 * 44100 / player.bpm
         phase = (player.frame_at(f.last.bar.time) - launched) / beat_frames % 1
         assert min(phase, 1 - phase) * beat_frames <= 1  # the beats are on the grid too (within a frame)
-        n = len(daemon.echoes)
-        f.step()  # no change: nothing echoed, nothing re-anchored
-        assert len(daemon.echoes) == n and f.stats()["tempo_changes"] == 1
+        n, anchors = len(daemon.echoes), f.reanchors
+        f.step()  # no change, within ANCHOR_SECONDS: nothing echoed, nothing re-anchored
+        assert len(daemon.echoes) == n and f.stats()["tempo_changes"] == 1 and f.reanchors == anchors
+        f._anchored_at -= lc.ANCHOR_SECONDS  # later: re-anchored (the clocks drift apart slowly)
+        f.step()
+        assert f.reanchors == anchors + 1 and player.launch_frame("bar") == player.frame_at(f.last.bar.time)
         assert f.stats()["peers"] == 0 and f.stats()["quantum"] == 4
 
     run(main)
