@@ -37,6 +37,7 @@ from livegen.engine import worker as wk
 DEPLOYMENT = "LivegenModel"
 CHUNK_FRAMES = 32768
 KEEP_FINISHED = 4  # finished jobs a replica can replay (their audio is held)
+PASSED_ENV = ("LIVEGEN_CACHE", "LIVEGEN_CPU_THREADS", "LIVEGEN_BLAS", "HF_HUB_OFFLINE", "HF_HOME")
 
 
 def ray_env() -> None:
@@ -106,6 +107,9 @@ class PoolReplica:
     """The body of the ``LivegenModel`` deployment (see the module doc)."""
 
     def __init__(self, settings: Any, model: str) -> None:
+        from livegen import _blas
+
+        _blas.preload()  # the daemon's BLAS (livegen.cli does it there), before anything imports MLX
         from livegen.engine.host import WorkerHost
         from livegen.engine.loaders import build_loaders, worker_options
 
@@ -198,10 +202,11 @@ def build_app(settings: Any, model: str, replicas: int = 1, num_cpus: float = 1.
     ``num_gpus`` GPUs (a GPU box: 1, with ``mlx[cuda]`` installed on it)."""
     from ray import serve
 
+    # what decides a clip's samples besides the request travels with the replicas: the BLAS and its
+    # thread count (a different count sums GEMMs in another order: clips ~1e-5 apart), the cache
+    passed = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     actor = {"num_cpus": num_cpus, "num_gpus": num_gpus,
-             "runtime_env": {"env_vars": {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                                          **({"LIVEGEN_CACHE": os.environ["LIVEGEN_CACHE"]}
-                                             if "LIVEGEN_CACHE" in os.environ else {})}}}
+             "runtime_env": {"env_vars": {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **passed}}}
     dep = serve.deployment(PoolReplica, name=DEPLOYMENT, num_replicas=replicas, ray_actor_options=actor,
                            max_ongoing_requests=max_ongoing, health_check_period_s=2.0,
                            graceful_shutdown_timeout_s=2.0)

@@ -55,7 +55,8 @@ def test_daemon_renders_on_the_pool_and_falls_back_when_the_cluster_stops(tiny_m
                                    "  remote_deadline: 15\n  remote_start: 5\n", 1))
     result = tmp_path / "result.json"
     env = dict(os.environ, LIVEGEN_CACHE=str(tiny_model["cache"]), PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1",
-               RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+               RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               LIVEGEN_CPU_THREADS="1")  # daemon and replica: the same BLAS threads, the same samples
     run = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(REPO / "tests/integration/pool_scenario.py"),
                           str(config), str(result), str(port), str(status_port), str(daw)],
                          env=env, cwd=str(REPO), capture_output=True, text=True, timeout=600)

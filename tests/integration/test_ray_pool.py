@@ -50,6 +50,10 @@ def cluster(tiny_model, tmp_path_factory):
     from livegen.engine.ray_pool import deploy
 
     os.environ["LIVEGEN_CACHE"] = str(tiny_model["cache"])
+    # the replicas and this process's reference worker with the same BLAS thread count: a different
+    # count sums GEMMs in another order (clips ~1e-5 apart); the replicas get the variable from deploy
+    threads = os.environ.get("LIVEGEN_CPU_THREADS")
+    os.environ["LIVEGEN_CPU_THREADS"] = "1"
     config, settings = pool_settings(tmp_path_factory.mktemp("pool"), tiny_model)
     ray.init(namespace="livegen", include_dashboard=False, log_to_driver=False, num_cpus=4)
     try:
@@ -61,6 +65,10 @@ def cluster(tiny_model, tmp_path_factory):
 
         serve.shutdown()
         ray.shutdown()
+        if threads is None:
+            os.environ.pop("LIVEGEN_CPU_THREADS", None)
+        else:
+            os.environ["LIVEGEN_CPU_THREADS"] = threads
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +111,8 @@ def test_remote_render_equals_local_render(pool, local):
         ref = local.render(req)[1].result(120)
         assert remote.seed == ref.seed == 7
         assert remote.sample_rate == ref.sample_rate
+        assert "1 BLAS threads" in pool.info(model)["device"] and "1 BLAS threads" in local.device, (
+            pool.info(model)["device"], local.device)
         np.testing.assert_array_equal(remote.audio, ref.audio)
     # the streaming path (the daemon's for a played request): what the sink got, and the clip, too
     req = _request("remote equals local streamed", "default")
@@ -220,12 +230,12 @@ def test_killed_replica_job_is_retried_or_reported(pool, local):
             pids.append(e.pid)
             started.set()
 
-    req = _request("killed mid job", "default", steps=40, seconds=0.5, seed=21)
+    req = _request("killed mid job", "default", steps=12, seconds=0.3, seed=21)
     _, future = pool.submit(req, on_event=on_event)
     assert started.wait(60)
     os.kill(pids[0], signal.SIGKILL)  # a replica of the cluster this test started
     try:
-        clip = future.result(120)
+        clip = future.result(240)
     except PoolLost as exc:
         assert "died" in str(exc)
         assert pool.counts["lost"] >= 1

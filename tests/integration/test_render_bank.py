@@ -165,7 +165,8 @@ def test_render_bank_on_a_private_ray_cluster_gives_the_local_files(tiny_model, 
         require_or_skip("LIVEGEN_REQUIRE_RAY", f"ray[serve] is not installed (pip install -e .[ray]): {exc}")
     config, mapping, cache, _, status = _setup(tmp_path, tiny_model)
     status.close()
-    env = dict(_env(tiny_model), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env = dict(_env(tiny_model), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               LIVEGEN_CPU_THREADS="1")  # both runs and the replicas: the same BLAS threads, the same samples
     local = subprocess.run(_render_cmd(mapping, config, cache), env=env, cwd=str(REPO), capture_output=True,
                            text=True, timeout=300)
     assert local.returncode == 0 and "rendered 6" in local.stdout, local.stdout + local.stderr
