@@ -158,9 +158,11 @@ def configure_mlx(*, threads: int | None = None, cache_limit: int | None = None,
     - ``realtime``: this process plays audio from a Python callback while it generates (the
       daemon with ``audio.backend: python``); see ``realtime()``.
     - ``daemon``: the daemon with its audio callback in C (``audio.backend: rtmixer``) or without
-      audio: the batch settings (every core, the large cache, tiled decode), marked in
-      ``profile()``. With no Python in the audio thread, neither a busy core nor the GIL can make
-      the callback late (bench/daemon_speed.py, docs/benchmarks.md).
+      audio: the batch cache and tiled decode (the GIL no longer matters to the callback), marked
+      in ``profile()``; the BLAS keeps every core but one, decided by measurement
+      (bench/daemon_speed.py, docs/benchmarks.md): on the 2-core test machine under load, 2 BLAS
+      threads gave 21 underflows and 24 JACK xruns over six renders even with rtmixer's C callback
+      (spinning OpenBLAS workers starve it of a core), 1 thread 3 and 0, and rendered faster.
     Returns what was applied (``{"blas_threads": n or None, "cache_limit": bytes or None,
     "realtime": bool, "profile": str}``)."""
     global _configured
@@ -171,7 +173,7 @@ def configure_mlx(*, threads: int | None = None, cache_limit: int | None = None,
     applied: dict[str, object] = {"blas_threads": None, "cache_limit": None, "realtime": bool(realtime),
                                   "profile": "daemon-python-audio" if realtime else "daemon" if daemon else "batch"}
     if not mx.is_available(mx.gpu):
-        n = threads if threads is not None else default_blas_threads(realtime)
+        n = threads if threads is not None else default_blas_threads(realtime or daemon)
         if set_blas_threads(n):
             applied["blas_threads"] = n
     if cache_limit is None and mx.default_device().type == mx.DeviceType.cpu and not realtime:

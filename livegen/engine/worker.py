@@ -84,7 +84,18 @@ class Job:
     decoded: tuple[int, int] | None = None  # (pieces done, total) once the engine decodes
 
 
-RENDER_NICE = 10
+def _render_nice() -> int:
+    """``LIVEGEN_RENDER_NICE`` (0-19) if set, else 10: see lower_thread_priority and
+    docs/benchmarks.md (under other load the drop costs the render its share of the CPU)."""
+    env = os.environ.get("LIVEGEN_RENDER_NICE", "").strip()
+    if not env:
+        return 10
+    if not env.isdigit() or int(env) > 19:
+        raise ValueError(f"LIVEGEN_RENDER_NICE must be a whole number from 0 to 19, got {env!r}")
+    return int(env)
+
+
+RENDER_NICE = _render_nice()
 
 
 def lower_thread_priority(increment: int) -> int | None:

@@ -64,7 +64,8 @@ def _wait_decoding(daemon, job: int, timeout: float = 120.0) -> None:
 @pytest.mark.parametrize("attempt", range(3))
 def test_sigterm_during_a_decode_cancels_it_and_exits_0(jack_server, tiny_model, tmp_path, monkeypatch, attempt):
     monkeypatch.setenv("LIVEGEN_DECODE_TILE_LATENTS", "1")  # 0.4 s = 4410 tiles: a decode of seconds
-    daemon = start_daemon(tmp_path, tiny_model, audio=True, midi=False)
+    # buffered (not streamed while generated): the whole clip is decoded in one generate() call
+    daemon = start_daemon(tmp_path, tiny_model, audio=True, midi=False, audio_lines=("stream: false",))
     client = OscClient()
     try:
         mark = client.mark()
