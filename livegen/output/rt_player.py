@@ -493,6 +493,11 @@ class RtPlayer:
                     # closest to the cycle's own time
                     self._anchors.append(probe_t - (base - self._stream_base) / self.sample_rate)
                     del self._anchors[:-ANCHOR_WINDOW]
+                    recent = self._anchors[-3:]
+                    if len(self._anchors) > 3 and min(recent) - min(self._anchors) > (
+                            0.5 * self.blocksize / self.sample_rate):
+                        self._anchors = recent  # a lasting step (cycles lost to an xrun): followed
+                        # within three probes; one late callback (a loaded machine) is not a step
                     self._base = base
                     self._t0 = min(self._anchors) + (base - self._stream_base) / self.sample_rate
                 else:
