@@ -161,6 +161,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--backends", default="rtmixer,python")
     ap.add_argument("--threads", default="", help="comma-separated LIVEGEN_CPU_THREADS for the daemon ('' = default)")
+    ap.add_argument("--batch-threads", type=int, help="BLAS threads of the batch side (default: its own, every core)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "daemon-speed.json")
     ap.add_argument("--workdir", type=Path)
     args = ap.parse_args()
@@ -177,7 +178,8 @@ def main() -> int:
     from livegen.models.stable_audio import StableAudioPipeline
 
     pipe = StableAudioPipeline.from_pretrained(str(model), t5=str(t5))
-    batch_device = {**device.configure_mlx(), "cores": device._cpu_count(), "gflops": device.gemm_gflops(512, 2)}
+    applied = device.configure_mlx(threads=args.batch_threads) if args.batch_threads else device.configure_mlx()
+    batch_device = {**applied, "cores": device._cpu_count(), "gflops": device.gemm_gflops(512, 2)}
     xruns = Xruns()
     results: dict[str, Any] = {"size": args.size, "seconds": seconds, "steps": steps, "repeats": args.repeats,
                                "batch_device": batch_device, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
