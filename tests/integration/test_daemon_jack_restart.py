@@ -86,7 +86,7 @@ def test_jack_death_is_reported_playback_resumes_and_sigterm_exits_within_2_s(ja
         time.sleep(0.3)
         after = _record(["livegen:out_L", "livegen:out_R"], 1.0)
         up = daemon.query_status(osc)
-        jackd.kill()  # dead again, for good: SIGTERM must not wait on it
+        jackd.terminate()  # gone again, for good (a clean stop frees its registry entry): SIGTERM must not wait on it
         jackd.wait(5)
         time.sleep(0.3)
         rc, seconds = stop_daemon(daemon)
@@ -94,7 +94,7 @@ def test_jack_death_is_reported_playback_resumes_and_sigterm_exits_within_2_s(ja
         if daemon.alive():
             daemon.proc.kill()
         if jackd.poll() is None:
-            jackd.kill()
+            jackd.terminate()
             jackd.wait(5)
     print(f"JACK death reported after {detected * 1000:.0f} ms: {err.params[-1]!r}; audio back "
           f"{resumed:.2f} s after the server: {back.params[-1]!r}; exit status {rc} {seconds:.2f} s after SIGTERM")
