@@ -111,6 +111,7 @@ class HostedPlayer:
 
     # ------------------------------------------------------------------ child lifecycle
     def start(self) -> None:
+        release_portaudio_here()
         self._spawn()
 
     def _spawn(self) -> None:
@@ -347,7 +348,13 @@ class HostedPlayer:
             self._send(0, "set_bpm", (bpm, beats_per_bar), {})
 
     def frame_at(self, t: float) -> int:
-        return self._frames_out(self._call("frame_at", t)) if self._alive() else self.frame
+        """The frame heard at monotonic time ``t``: the published clock minus the output latency
+        (no round trip: the MIDI clock re-anchors from the event loop)."""
+        st = self._state
+        if not self._alive() or st is None:
+            return self.frame
+        lat = float(self._last_stats.get("latency", 0.0) or 0.0)
+        return st[0] + self._offset + int(round((t - st[1] - lat) * self.sample_rate))
 
     def anchor_bar(self, frame: int) -> None:
         self._anchor = int(frame)
@@ -373,16 +380,30 @@ class HostedPlayer:
 
 
 def jack_server_up() -> bool:
-    """Whether a JACK server answers (True when JACK-Client is missing: then just try)."""
-    try:
-        import jack
-    except (ImportError, OSError):
+    """Whether a JACK server answers, asked from another process (``jack_lsp``): a JACK client in
+    this process would outlive a dying server badly (libjack's threads). True without jack_lsp."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("jack_lsp")
+    if tool is None:
         return True
+    env = dict(os.environ, JACK_NO_START_SERVER="1")
     try:
-        jack.Client("livegen-probe", no_start_server=True).close()
-    except Exception:
+        return subprocess.run([tool], env=env, capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
         return False
-    return True
+
+
+def release_portaudio_here() -> None:
+    """Terminate this process's own PortAudio (the daemon's device check opened it, and with it a
+    JACK client): the stream lives in the child, and a JACK client here would be hit by a dying
+    server (libjack's threads) and by Pa_Terminate at exit."""
+    sd = sys.modules.get("sounddevice")
+    if sd is None:
+        return
+    while int(getattr(sd, "_initialized", 0)) > 0:
+        sd._terminate()
 
 
 # ---------------------------------------------------------------------------------- the child
