@@ -61,6 +61,7 @@ class Delivery:
         self.streams: dict[int, StreamDelivery] = {}  # job id -> its sink, until DONE or the job ends
         self.stream_stats = StreamStats()
         self.stream_chunks: dict[str, Any] = {}  # generate_stream's chunk sizes (audio.stream_*)
+        self.slot_owner: dict[int, Any] = {}  # what last started in a slot (a streamed loop's hand-over checks it)
         self._unslotted = 0
 
     # ---- loop side ----------------------------------------------------------------------
@@ -76,13 +77,23 @@ class Delivery:
             self._unslotted += 1
             slot = UNSLOTTED_BASE + self._unslotted % max(1, self.voices)
         loop = asyncio.get_running_loop()
+        epoch = self.slot_epochs.get(slot, 0)
+        sink: StreamDelivery | None = None
 
         def started(s: int, frame: int) -> None:  # on the generation thread
+            self.slot_owner[s] = sink
             if self.on_playing is not None:
                 loop.call_soon_threadsafe(self.on_playing, s, frame)
 
-        return StreamDelivery(self.player, slot, request, self.stream_stats, on_start=started, model_key=model_key,
-                              chunk_options=self.stream_chunks)
+        def defer(delay: float, fn: Callable[[], None]) -> None:  # a loop's hand-over, on the play pool
+            loop.call_soon_threadsafe(loop.call_later, delay, self._play_pool.submit, fn)
+
+        def still_owner() -> bool:
+            return self.slot_epochs.get(slot, 0) == epoch and self.slot_owner.get(slot) is sink
+
+        sink = StreamDelivery(self.player, slot, request, self.stream_stats, on_start=started, model_key=model_key,
+                              chunk_options=self.stream_chunks, defer=defer, still_owner=still_owner)
+        return sink
 
     def streaming(self, job: int, sink: StreamDelivery) -> None:
         sink.job_id = job
@@ -229,6 +240,7 @@ class Delivery:
         extra = {} if at_frame is None else {"at_frame": at_frame}  # an extension joins the slot's clip
         start = self.player.schedule(slot, audio, loop=request.loop, gain=request.gain, launch=request.launch,
                                      **extra)
+        self.slot_owner[slot] = request  # a streamed loop of this slot no longer hands over to its buffer
         if self.slot_epochs.get(slot, 0) != epoch:  # the stop came while it was being scheduled
             self.player.stop_slot(slot)  # (a later clip of the slot waits behind this one in the pool)
             log.info("slot %d was stopped while its clip was being scheduled: stopped", slot)
