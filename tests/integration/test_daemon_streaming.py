@@ -84,9 +84,8 @@ def first_sound(audio: np.ndarray, since: int = 0) -> int | None:
 
 
 def start_streaming_daemon(tmp, tiny_model, tile_latents: int):
-    for tool in ("oscsend", "inotifywait"):
-        if shutil.which(tool) is None:
-            require_or_skip("LIVEGEN_REQUIRE_REALTIME", f"{tool} is not installed (liblo-tools, inotify-tools)")
+    if shutil.which("oscsend") is None:
+        require_or_skip("LIVEGEN_REQUIRE_REALTIME", "oscsend is not installed (liblo-tools)")
     original = ic.write_settings
 
     def with_tiles(path, *args, **kwargs):  # this daemon streams in tiles of its own size
