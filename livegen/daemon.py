@@ -61,6 +61,7 @@ from livegen.status import daemon_status, status_args
 log = logging.getLogger("livegen.daemon")
 
 SWITCH_INTERVAL = 0.0005  # seconds; see Daemon.run
+PLAYER_CLOSE_SECONDS = 0.8  # the longest wait for the audio stream to close at shutdown (a dead JACK)
 FINISH_ON_SHUTDOWN_SECONDS = 120.0  # engine.finish_running_on_shutdown: the longest wait for the clip
 
 
@@ -111,6 +112,7 @@ class Daemon:
         self._closing = False  # shutdown began: intake refused, replies still go out
         self.stop_requested_at: float | None = None  # monotonic time of the first stop() (SIGTERM)
         self.gc_monitor = gc_monitor.GcMonitor()
+        self.stuck: list[str] = []  # native calls still running after their bound at shutdown
         self.watchdog: watchdog.Watchdog | None = None
         self.web: Any = None  # the browser control surface (livegen.control.web), when it listens
         self.feedback: Any = None  # the controller's LEDs (livegen.feedback), with MIDI
@@ -345,8 +347,11 @@ class Daemon:
         self.delivery.close()
         if self.osc is not None:
             self.osc.close()
-        if self.player is not None:
-            self.player.close()
+        if self.player is not None and not watchdog.bounded_call(self.player.close, PLAYER_CLOSE_SECONDS,
+                                                                  "livegen-player-close"):
+            log.warning("the audio stream did not close within %.1f s (audio server gone?); exiting without it",
+                        PLAYER_CLOSE_SECONDS)
+            self.stuck.append("the audio stream's close")  # PortAudio's exit handler would hang on it
         self.gc_monitor.uninstall()
         log.info("stopped in %.2f s", time.monotonic() - t)
 

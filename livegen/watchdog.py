@@ -311,3 +311,20 @@ def disarm() -> None:
     """The daemon's shutdown finished: the installed fallback will not end the process."""
     if _installed is not None:
         _installed.disarm()
+
+
+def bounded_call(fn: Callable[[], Any], timeout: float, name: str = "livegen-bounded") -> bool:
+    """Run ``fn()`` on a thread of its own and wait at most ``timeout`` seconds; True if it returned
+    (its exceptions are logged, not raised). For calls into native code that a dead peer can hang
+    (PortAudio's stream stop with the JACK server gone): the shutdown goes on without them. The
+    thread is a daemon thread, so a call that never returns cannot keep the process alive."""
+    def run() -> None:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - reported, the caller carries on
+            log.exception("%s failed", name)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive()

@@ -144,17 +144,22 @@ def run(args: argparse.Namespace) -> int:
     # blocks, so the thread ends within one of those; it is waited for until EXIT_WITHIN_SECONDS
     # after the stop.
     worker = daemon.worker
-    if worker is not None and worker.alive:
-        stopped = daemon.stop_requested_at or time.monotonic()
-        if not worker.join(max(0.0, EXIT_WITHIN_SECONDS - (time.monotonic() - stopped))):
-            # Last resort, for one evaluation longer than the whole exit budget (a huge latent on a
-            # loaded CPU): finalising now would abort, waiting would break the bound. Everything
-            # else is closed and flushed, so leave without finalisation, with the real status.
-            logging.getLogger("livegen.daemon").warning(
-                "the generation thread is still inside one MLX evaluation %.1f s after the stop; "
-                "ending without interpreter finalisation", time.monotonic() - stopped)
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+    stopped = daemon.stop_requested_at or time.monotonic()
+    stuck = list(getattr(daemon, "stuck", []))
+    if worker is not None and worker.alive and not worker.join(
+            max(0.0, EXIT_WITHIN_SECONDS - (time.monotonic() - stopped))):
+        stuck.append("one MLX evaluation of the generation thread")
+    if stuck:
+        # Last resort, for a native call that outlasted its bound (one evaluation longer than the
+        # exit budget on a loaded CPU; PortAudio's stream stop with the JACK server gone):
+        # finalising now would abort (MLX) or hang (PortAudio's exit handler), waiting would break
+        # the bound. Everything else is closed and flushed: leave without finalisation, with the
+        # real status.
+        logging.getLogger("livegen.daemon").warning(
+            "%s still running %.1f s after the stop; ending without interpreter finalisation",
+            " and ".join(stuck), time.monotonic() - stopped)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code

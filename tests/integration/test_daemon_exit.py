@@ -25,13 +25,14 @@ EXIT_WITHIN = 2.0
 ABORTS = ("terminate called", "Aborted", "Fatal Python error", "core dumped", "ending the process now")
 
 
-def _assert_clean_exit(daemon, rc: int, seconds: float) -> str:
+def _assert_clean_exit(daemon, rc: int, seconds: float, normal_finalisation: bool = True) -> str:
     log = daemon.log_text()
     assert rc == 0, f"exit status {rc}:\n{log}"
     assert seconds < EXIT_WITHIN, f"exited {seconds:.2f} s after SIGTERM:\n{log}"
     assert "stopped in" in log, log
     assert not [a for a in ABORTS if a in log], log
-    assert "without interpreter finalisation" not in log, log  # the normal way out, not the last resort
+    if normal_finalisation:  # the normal way out, not the last resort (livegen.cli.serve)
+        assert "without interpreter finalisation" not in log, log
     return log
 
 
@@ -90,23 +91,36 @@ def test_sigterm_during_a_decode_cancels_it_and_exits_0(jack_server, tiny_model,
           f"{seconds:.2f} s after SIGTERM")
 
 
-@pytest.fixture()
-def own_jack_server():
-    """A JACK dummy server of this test's own, which it may kill."""
-    if shutil.which("jackd") is None:
-        pytest.skip("jackd is not installed")
-    name = f"lgexitdead{os.getpid()}"
+def _start_jackd(name: str) -> subprocess.Popen:
     proc = subprocess.Popen(["jackd", "-n", name, "-d", "dummy", "-r", "44100", "-p", "256"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")
     deadline = time.monotonic() + 20
     while subprocess.run(["jack_lsp"], env=env, capture_output=True, timeout=15).returncode != 0:
-        assert proc.poll() is None and time.monotonic() < deadline, "the test's JACK server did not start"
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the test's JACK server {name} did not start (too many JACK servers?)")
         time.sleep(0.2)
+    return proc
+
+
+@pytest.fixture()
+def own_jack_server():
+    """A JACK dummy server of this test's own, which it may kill with SIGKILL (a crash). JACK keeps
+    a killed server's slot in its registry (8 slots, shared by every server of the machine) until a
+    server of the same name registers again: so afterwards one is started under the name and shut
+    down cleanly, which frees the slot."""
+    if shutil.which("jackd") is None:
+        pytest.skip("jackd is not installed")
+    name = f"lgexitdead{os.getpid()}"
+    proc = _start_jackd(name)
     yield name, proc
     if proc.poll() is None:
         proc.kill()
         proc.wait(5)
+    again = _start_jackd(name)
+    again.terminate()
+    again.wait(10)
 
 
 def test_sigterm_after_jack_died_exits_0_within_2_s(jack_server, tiny_model, tmp_path, monkeypatch,
@@ -122,6 +136,9 @@ def test_sigterm_after_jack_died_exits_0_within_2_s(jack_server, tiny_model, tmp
     finally:
         if daemon.alive():
             daemon.proc.kill()
-    _assert_clean_exit(daemon, rc, seconds)
-    print(f"exit status {rc} {seconds:.2f} s after SIGTERM with JACK dead")
+    # a player whose stream stop hangs on the dead server (PortAudio) is left behind, bounded, and
+    # then the process may have to skip finalisation (PortAudio's exit handler would hang too)
+    log = _assert_clean_exit(daemon, rc, seconds, normal_finalisation=False)
+    way = "without finalisation" if "without interpreter finalisation" in log else "normal finalisation"
+    print(f"exit status {rc} {seconds:.2f} s after SIGTERM with JACK dead ({way})")
 
