@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,13 +74,17 @@ def run(args: argparse.Namespace) -> int:
           f"daemons use engine: {{kind: ray, address: {gcs if local else args.address}, deployment: {name}}}")
     if not (args.wait or local):
         return 0
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        for app in apps:
-            serve.delete(app)
-        if local:
-            serve.shutdown()
-            ray.shutdown()
+    # Ray's driver takes SIGINT over (a plain sleep is never interrupted): our own handlers, then
+    # the pool is removed (and a private cluster stopped) from the main thread
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    for app in apps:
+        serve.delete(app)
+    if local:
+        serve.shutdown()
+        ray.shutdown()
+    print("serve-pool: removed " + ", ".join(apps))
     return 0

@@ -77,3 +77,48 @@ def test_daemon_renders_on_the_pool_and_falls_back_when_the_cluster_stops(tiny_m
     local, _ = sf.read(out["after_stop"]["wav"], dtype="float32", always_2d=True)
     np.testing.assert_array_equal(remote, local)
     assert out["daemon_rc"] == 0, where
+
+
+def test_serve_pool_local_deploys_and_removes_the_pool(tiny_model, tmp_path, netns):
+    """`livegen serve-pool --address local`: a private cluster with the pool, gone after Ctrl-C."""
+    import signal
+    import time
+
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        require_or_skip("LIVEGEN_REQUIRE_RAY", f"ray[serve] is not installed (pip install -e .[ray]): {exc}")
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text("name: pool\n")
+    config = tmp_path / "livegen.yaml"
+    write_settings(config, tiny_model, free_port(), free_port(), None, mapping, audio=False, midi=False)
+    env = dict(os.environ, LIVEGEN_CACHE=str(tiny_model["cache"]), PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1",
+               RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    log = tmp_path / "serve-pool.log"
+
+    def gcs() -> set[int]:
+        out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
+        return {int(line.split()[0]) for line in out.splitlines()[1:] if "gcs_server" in line}
+
+    before = gcs()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "livegen", "serve-pool",
+                                 "--config", str(config), "--address", "local", "--name", "lgsp"],
+                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+    try:
+        deadline = time.monotonic() + 180
+        while "serve-pool: lgsp-default running" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        assert gcs() - before  # its cluster runs
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "serve-pool: removed lgsp-default" in log.read_text()
+    deadline = time.monotonic() + 20
+    while gcs() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not gcs() - before, "the private cluster is still running"

@@ -150,7 +150,7 @@ def test_render_bank_resumes_after_kill_and_daemon_serves_it(tiny_model, tmp_pat
 
 
 def _gcs_pids() -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
     return {int(line.split()[0]) for line in out.splitlines()[1:] if "gcs_server" in line}
 
 
