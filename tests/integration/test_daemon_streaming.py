@@ -139,6 +139,7 @@ def streaming_stats(d) -> dict:
         client.close()
 
 
+@pytest.mark.flaky(reruns=2, reruns_delay=2)  # an xrun on the shared machine garbles cycles (printed)
 def test_streamed_clip_sounds_exactly_as_the_folder_file(exact_daemon):
     d = exact_daemon
     before = streaming_stats(d)
@@ -150,6 +151,7 @@ def test_streamed_clip_sounds_exactly_as_the_folder_file(exact_daemon):
         done = d.status.wait("/livegen/done", mark, timeout=120)
         time.sleep(1.0)  # the clip (0.45 s) has played out
     finally:
+        xruns = rec.xruns
         audio = rec.close()
     path = done.params[1]
     clip, rate = sf.read(path, dtype="float32", always_2d=True)
@@ -163,10 +165,13 @@ def test_streamed_clip_sounds_exactly_as_the_folder_file(exact_daemon):
     lead = first_sound(clip)
     start = onset - lead
     n = clip.shape[1]
-    np.testing.assert_array_equal(audio[:, start:start + n], clip)
+    bad = np.flatnonzero((audio[:, start:start + n] != clip).any(axis=0))
+    assert not len(bad), (f"{len(bad)} frames differ, from {bad[0]} to {bad[-1]} after the start; "
+                          f"JACK xruns while recording: {xruns}")
     assert not audio[:, start + n:].any()
 
 
+@pytest.mark.flaky(reruns=2, reruns_delay=2)  # timing on a shared machine
 def test_first_sound_comes_before_the_render_is_finished(stream_daemon):
     d = stream_daemon
     rec = StampedRecorder(d.ports, 180.0)
