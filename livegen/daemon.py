@@ -21,6 +21,7 @@ the stream closes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import sys
@@ -34,7 +35,9 @@ from livegen import limits as lim
 from livegen.control import osc_verbs as verbs
 from livegen.control.osc_verbs import Verb
 from livegen.engine import worker as wk
-from livegen.engine.loaders import build_loaders, check_audio_device, engine_defaults
+from livegen.engine.backend import build_backend
+from livegen.engine.loaders import build_loaders, check_audio_device, worker_options
+from livegen.engine.pooled import FALLBACK
 from livegen.mapping import Mapper, MappingError, MidiEvent
 from livegen.output.delivery import Delivery
 from livegen.replies import Replies, osc_origin, parse_origin
@@ -115,6 +118,7 @@ class Daemon:
         self.stuck: list[str] = []  # native calls still running after their bound at shutdown
         self.watchdog: watchdog.Watchdog | None = None
         self.web: Any = None  # the browser control surface (livegen.control.web), when it listens
+        self.link: Any = None  # the Ableton Link follower (livegen.link_clock), with tempo.source: link
         self.feedback: Any = None  # the controller's LEDs (livegen.feedback), with MIDI
 
     # ------------------------------------------------------------------ lifecycle
@@ -181,6 +185,10 @@ class Daemon:
         caps = lim.caps_from_settings(s)
         limits = lim.Limits.from_settings(s, caps)
         problems = preflight.check_settings(s, limits)
+        if s.tempo.source == "link":
+            from livegen.link_clock import link_problems
+
+            problems += link_problems()
         found = preflight.check_mapping(mapper, s, limits)
         for w in found.warnings:
             log.warning("mapping: %s", w)
@@ -197,6 +205,10 @@ class Daemon:
         self._remember_mtimes()
         self._stage("mappings", t, ", ".join(str(p) for p in s.mappings))
         log.info("tempo source: %s", self.session.tempo_source.value)
+        if s.tempo.source == "link":  # early: the other peers see the daemon while the models load
+            from livegen.link_clock import start_link
+
+            self.link = start_link(self)
 
         if s.folder.path is not None:
             t = time.monotonic()
@@ -249,18 +261,8 @@ class Daemon:
             self.feedback = start_feedback(self)  # opens the output when the mapping has a feedback section
 
         t = time.monotonic()
-        options = wk.WorkerOptions(
-            queue_size=s.engine.queue_size,
-            warmup_seconds=tuple(s.engine.warmup_seconds),
-            finish_running_on_shutdown=s.engine.finish_running_on_shutdown,
-            fade_seconds=s.audio.fade_ms / 1000.0,
-            default_model=s.default_model,
-            model_kwargs=engine_defaults(s),
-            levels=s.levels,
-            # full speed unless the audio callback is Python (livegen.device.configure_mlx)
-            python_audio=s.audio.enabled and getattr(s.audio, "backend", "python") == "python",
-        )
-        self.worker = wk.Worker(self.loaders, options, self._on_worker, asyncio.get_running_loop())
+        options = worker_options(s)  # the same as `livegen render`'s and the pool replicas': the same clips
+        self.worker = build_backend(s, self.loaders, options, self._on_worker, asyncio.get_running_loop())
         self.worker.start()
         ready = asyncio.ensure_future(self._ready.wait())
         stop = asyncio.ensure_future(self._stop.wait())
@@ -278,9 +280,12 @@ class Daemon:
         self._stage("gc", t, f"{frozen} objects frozen, thresholds {threshold}")
         if s.audio.enabled:  # after loading: the loader's Python work would starve the callback
             t = time.monotonic()
-            from livegen.output.player import Player
+            from livegen.output.rt_player import make_player
 
-            self.player = Player(s.audio, s.tempo)
+            self.player = make_player(s.audio, s.tempo)  # audio.backend: rtmixer (C callback) or python
+            push = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, self.replies.push)
+            self.player.on_fault = lambda text: push(verbs.ERROR, text)  # the stream guard's reports
+            self.player.on_recover = lambda text: push(verbs.ACK, 0, text)
             self.player.set_bpm(self.session.bpm, self.session.beats_per_bar)
             try:
                 self.player.start()
@@ -290,18 +295,25 @@ class Daemon:
                               "(see `livegen devices`; on Linux without sound hardware: bin/livegen-jack-dummy)"
                               ) from None
             self.delivery.player = self.player
-            self._stage("audio", t, f"{s.audio.sample_rate} Hz, {s.audio.channels} ch, device {s.audio.device}")
+            self.delivery.stream = bool(s.audio.stream)
+            self.delivery.stream_chunks = {"chunk_latents": s.audio.stream_tile_latents,
+                                           "chunk_seconds": s.audio.stream_burst_seconds}
+            self._stage("audio", t, f"{s.audio.sample_rate} Hz, {s.audio.channels} ch, device {s.audio.device}, "
+                        f"{s.audio.backend} {' '.join(getattr(self.player, 'ports', []))}".rstrip())
+        if s.prerender.enabled:  # before ready: the clips of `livegen render` are served from the first press
+            from livegen.output.prerender import PrerenderCache
+
+            t = time.monotonic()
+            self.prerender = PrerenderCache(s.prerender.memory_mb, s.prerender.disk_mb, s.prerender.directory,
+                                            s.prerender.variations, s.tempo.bpm)
+            kept = await asyncio.get_running_loop().run_in_executor(None, self.prerender.scan)
+            self._stage("cache", t, f"{kept} rendered clips in {self.prerender.directory}")
+            self._tasks.append(asyncio.ensure_future(self._prerender_when_idle()))
         self.ready_at = time.monotonic()
         log.info("ready in %.2f s", self.ready_at - self._t0)
         self.replies.push(verbs.READY)
         self._tasks.append(asyncio.ensure_future(self._watch_mappings()))
         self._tasks.append(asyncio.ensure_future(self._watch_clock()))
-        if s.prerender.enabled:
-            from livegen.output.prerender import PrerenderCache
-
-            self.prerender = PrerenderCache(s.prerender.memory_mb, s.prerender.disk_mb, s.prerender.directory,
-                                            s.prerender.variations, s.tempo.bpm)
-            self._tasks.append(asyncio.ensure_future(self._prerender_when_idle()))
         if s.osc.status_port is not None:
             self._tasks.append(asyncio.ensure_future(self._push_status_periodically()))
         if self.player is not None:
@@ -347,6 +359,8 @@ class Daemon:
         self.delivery.close()
         if self.osc is not None:
             self.osc.close()
+        if self.link is not None:
+            self.link.close()
         if self.player is not None and not watchdog.bounded_call(self.player.close, PLAYER_CLOSE_SECONDS,
                                                                   "livegen-player-close"):
             log.warning("the audio stream did not close within %.1f s (audio server gone?); exiting without it",
@@ -496,6 +510,8 @@ class Daemon:
         elif isinstance(outcome, TempoChanged):
             if self.player is not None:
                 self.player.set_bpm(outcome.bpm, outcome.beats_per_bar)
+            if self.link is not None:  # proposed to the Link session, the grid back on its bar lines
+                self.link.tempo_changed(outcome.bpm, origin)
         elif isinstance(outcome, Queue):
             self.submit(outcome.request)
         elif isinstance(outcome, PlaySlot):
@@ -559,12 +575,15 @@ class Daemon:
                 self._cached_slot(request)
                 return job
         self._preempt_prerender()
+        sink = self.delivery.open_stream(request, request.model)  # plays while generated (audio.stream)
         try:
-            job, _ = self.worker.submit(request)
+            job, _ = self.worker.submit(request, sink=sink)
         except (wk.QueueFull, wk.UnknownModel, RuntimeError) as exc:
             self.refused += 1
             self.replies.error(origin, str(exc))
             return None
+        if sink is not None:
+            self.delivery.streaming(job.id, sink)
         self.replies.ack(origin, job.id, f"queued: {request.prompt[:100]}")
         self.slots.set(request.slot, SlotState.QUEUED)
         return job.id
@@ -631,16 +650,20 @@ class Daemon:
             log.error("the models could not be loaded: %s", event.reason)
             r.push(verbs.ERROR, f"The models could not be loaded: {event.reason}")
             self._stop.set()
+        elif kind == FALLBACK:  # engine.kind ray: the pool could not make it, the clip renders here
+            r.ack(origin, event.job_id, f"rendering locally: {event.reason}")
         elif kind == wk.STARTED:
             log.info("job %d started: %r", event.job_id, event.request.prompt[:80])
         elif kind == wk.PROGRESS:
             r.send(origin, verbs.PROGRESS, event.job_id, event.step, event.total)
             self.slots.set(event.request.slot, SlotState.RENDERING, event.step / max(1, event.total))
         elif kind in (wk.CANCELLED, wk.REPLACED):
+            self.delivery.forget_stream(event.job_id)
             r.error(origin, f"Cancelled: {event.reason}", event.job_id)
             if kind == wk.CANCELLED and self.slots.get(event.request.slot or 0)[0] is not SlotState.PLAYING:
                 self.slots.set(event.request.slot, SlotState.IDLE)  # a replaced job's successor is queued
         elif kind == wk.FAILED:
+            self.delivery.forget_stream(event.job_id)
             r.error(origin, f"Generation failed: {event.reason}", event.job_id)
             self.slots.set(event.request.slot, SlotState.IDLE)
         elif kind == wk.DONE:

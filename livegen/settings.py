@@ -224,7 +224,18 @@ class AudioSettings:
     latency: str | float = _f("low", check=_check_latency, doc="'low', 'high' or seconds.")
     voices: int = _f(16, min=1, max=256, doc="Voices mixed at once (one per slot).")
     ring_seconds: float = _f(4.0, min=0.1, max=120.0, doc="Capacity of a streaming voice's ring buffer.")
+    stream: bool = _f(True, doc="Uncached play requests sound while they are generated (Stable Audio VAE tiles, "
+                                "MusicGen bursts); false: a clip plays once it is complete. Cached pads always play "
+                                "from their buffer.")
+    stream_tile_latents: int = _f(16, min=1, max=1024,
+                                  doc="Streaming Stable Audio: latents per VAE tile (2048 frames each at 44.1 kHz); "
+                                      "smaller tiles sound sooner and decode a little slower.")
+    stream_burst_seconds: float = _f(0.5, min=0.02, max=10.0, doc="Streaming MusicGen: seconds of audio per burst.")
     fade_ms: float = _f(5.0, min=0.0, max=500.0, doc="Fade for stops, chokes and loop seams.")
+    backend: str = _f("rtmixer", choices=("rtmixer", "rtmixer-inprocess", "python"),
+                      doc="The audio callback: rtmixer (C, no Python in the audio thread; the stream in a child process "
+                          "that is restarted when the audio server comes back), rtmixer-inprocess, or python (the reference mixer).")
+    client_name: str = _f("livegen", doc="JACK client name of the audio output (ports NAME:out_L, NAME:out_R).")
 
 
 @dataclass
@@ -238,11 +249,19 @@ class FolderSettings:
 class TempoSettings:
     bpm: float = _f(120.0, min=20.0, max=400.0, doc="Tempo for bars and launch quantisation.")
     beats_per_bar: int = _f(4, min=1, max=32, doc="Beats in a bar.")
-    source: str = _f("internal", choices=("internal", "midi_clock"),
-                     doc="Where the tempo comes from: internal (settings, OSC, mappings) or midi_clock (follow "
-                         "the MIDI clock, its Start/Continue/Stop and Song Position).")
+    source: str = _f("internal", choices=("internal", "midi_clock", "link"),
+                     doc="Where the tempo comes from: internal (settings, OSC, mappings), midi_clock (follow "
+                         "the MIDI clock, its Start/Continue/Stop and Song Position) or link (join the Ableton "
+                         "Link session: its tempo and bar lines; needs the link extra).")
     clock_timeout: float = _f(0.5, min=0.05, max=10.0,
                               doc="MIDI clock: seconds without a tick (while the host plays) before it counts as lost.")
+
+
+@dataclass
+class LinkSettings:
+    start_stop_sync: bool = _f(False, doc="Share start/stop with the Link session: a stop there stops every slot.")
+    quantum: int | None = _f(None, min=1, max=32,
+                             doc="Beats of Link's phase cycle the bar grid is anchored on; null: tempo.beats_per_bar.")
 
 
 @dataclass
@@ -264,6 +283,18 @@ class EngineSettings:
     max_seconds: float = _f(47.0, min=0.1, max=3600.0, doc="Requests longer than this are refused.")
     max_prompt_chars: int = _f(500, min=1, max=100000, doc="Longer prompts are refused.")
     finish_running_on_shutdown: bool = _f(False, doc="On shutdown, finish the clip being rendered.")
+    kind: str = _f("local", choices=("local", "ray"),
+                   doc="Where clips render: local (this machine's generation thread) or ray (a Ray Serve pool, "
+                       "`livegen serve-pool`; the local models still load and render when the pool cannot).")
+    address: str = _f("auto", doc="kind ray: the cluster, e.g. ray://gpu-box:10001, or auto (RAY_ADDRESS / the "
+                                  "cluster started on this machine).")
+    deployment: str = _f("livegen", doc="kind ray: the pool's name (`livegen serve-pool --name`); one Serve "
+                                        "application per model, named <deployment>-<model>.")
+    remote_deadline: float = _f(20.0, min=0.1, max=3600.0,
+                                doc="kind ray: seconds a remote clip may take before it is rendered here instead.")
+    remote_start: float = _f(2.0, min=0.05, max=600.0,
+                             doc="kind ray: seconds for the pool to start a clip (else it counts as overloaded and "
+                                 "the clip renders here).")
 
 
 @dataclass
@@ -294,6 +325,7 @@ class Settings:
     audio: AudioSettings = _f(factory=AudioSettings, doc="Audio output.")
     folder: FolderSettings = _f(factory=FolderSettings, doc="Writing clips into a folder.")
     tempo: TempoSettings = _f(factory=TempoSettings, doc="Tempo.")
+    link: LinkSettings = _f(factory=LinkSettings, doc="Ableton Link (with tempo.source: link).")
     levels: LevelsSettings = _f(factory=LevelsSettings, doc="Clip loudness and peaks.")
     engine: EngineSettings = _f(factory=EngineSettings, doc="Generation thread.")
     prerender: PrerenderSettings = _f(factory=PrerenderSettings, doc="Pre-rendering.")

@@ -82,6 +82,7 @@ class Job:
     state: str = QUEUED
     cancel_event: threading.Event = field(default_factory=threading.Event)
     decoded: tuple[int, int] | None = None  # (pieces done, total) once the engine decodes
+    sink: Any = None  # a livegen.output.stream_sink.ChunkSink: the job plays while it is generated
 
 
 def _render_nice() -> int:
@@ -270,7 +271,7 @@ class Worker:
         with self._cond:
             return self._ready and self._running is None and not self._queued
 
-    def submit(self, request: Request) -> tuple[Job, list[Job]]:
+    def submit(self, request: Request, sink: Any = None) -> tuple[Job, list[Job]]:
         """Queue a request; returns the job and the queued jobs it replaced (same slot).
 
         When the queue is full the oldest of the lowest-priority queued jobs is dropped (reported
@@ -296,7 +297,7 @@ class Worker:
                     )
                 self._remove_queued(victim, CANCELLED)
                 dropped.append(victim)
-            job = Job(id=next(self._ids), request=request, submitted=time.monotonic())
+            job = Job(id=next(self._ids), request=request, submitted=time.monotonic(), sink=sink)
             self._queued[job.id] = job
             heapq.heappush(self._heap, (-request.priority, next(self._seq), job))
             self._cond.notify_all()
@@ -498,23 +499,30 @@ class Worker:
                                      self._options.model_kwargs.get(model))
             if job.cancel_event.is_set():
                 raise Cancelled("cancelled before it started")
-            if "decode_progress" in inspect.signature(engine.generate).parameters:
-                kwargs["decode_progress"] = decode_progress
-            audio = engine.generate(request.prompt, progress=progress, cancel=cancel, **kwargs)
+            levels = None
+            lv = self._options.levels
+            streamed = job.sink is not None and hasattr(engine, "generate_stream")
+            if streamed:  # played while generated; the clip is what the sink got (livegen.engine.stream_exec)
+                from livegen.engine.stream_exec import render_stream
+
+                audio, levels = render_stream(engine, request.prompt, kwargs, job.sink, target, fade, request.loop,
+                                              lv, progress, cancel)
+            else:
+                if "decode_progress" in inspect.signature(engine.generate).parameters:
+                    kwargs["decode_progress"] = decode_progress
+                audio = engine.generate(request.prompt, progress=progress, cancel=cancel, **kwargs)
             if job.cancel_event.is_set():
                 raise Cancelled("cancelled while running")
             audio = np.ascontiguousarray(np.asarray(audio, dtype=np.float32))
             if audio.ndim == 1:
                 audio = audio[None, :]
-            levels = None
-            lv = self._options.levels
-            if lv is not None and lv.normalize:  # on the raw render, before the cut and the fades
+            if lv is not None and lv.normalize and not streamed:  # on the raw render, before the cut and the fades
                 audio, levels = normalize(audio, sr, lv.target_lufs, lv.true_peak_dbtp, lv.max_gain_db,
                                           lv.max_limit_db)
                 if levels.non_finite:
                     log.warning("job %d: the model produced %d non-finite samples (set to 0)", job.id,
                                 levels.non_finite)
-            if audio.shape[1] != target or request.loop:
+            if not streamed and (audio.shape[1] != target or request.loop):
                 audio = fit_to_length(audio, target, fade, loop=request.loop)
             render = time.monotonic() - t0
             clip = Clip(request=request, audio=audio, sample_rate=sr, seed=int(seed), model=model,

@@ -211,7 +211,7 @@ def start_daemon(tmp: Path, model: dict, audio: bool = True, midi: bool = True,
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
     daemon = Daemon(proc, port, status, daw, log, mapping)
     deadline = time.monotonic() + 180
-    while not daemon.status.messages or daemon.status.messages[-1].address != "/livegen/ready":
+    while not any(m.address == "/livegen/ready" for m in daemon.status.messages):  # stall notices may follow
         if proc.poll() is not None:
             raise AssertionError(f"the daemon exited ({proc.returncode}):\n{daemon.log_text()}")
         if time.monotonic() > deadline:
@@ -275,6 +275,9 @@ def client():
 
 
 # ---------------------------------------------------------------------------------------- JACK
+AUDIO_PORTS = "(PortAudio|livegen)[^:]*:out_.*"  # the daemon's output ports: audio.client_name (livegen), or PortAudio
+
+
 def portaudio_ports() -> set[tuple[str, int]]:
     """(name, uuid) of every PortAudio output port: a client re-created under a freed name (other
     PortAudio users on the same server) still gets new port uuids."""
@@ -282,7 +285,7 @@ def portaudio_ports() -> set[tuple[str, int]]:
 
     client = jack.Client("lgprobe", no_start_server=True)
     try:
-        return {(p.name, p.uuid) for p in client.get_ports("PortAudio.*:out_.*", is_output=True, is_audio=True)}
+        return {(p.name, p.uuid) for p in client.get_ports(AUDIO_PORTS, is_output=True, is_audio=True)}
     finally:
         client.close()
 
