@@ -323,14 +323,7 @@ def _mix(player: Player, blocks: int, size: int = 256) -> np.ndarray:
     return np.concatenate(out).T
 
 
-SAME_SLOT_CHOKE = ("the players choke the slot's clip at the extension's start frame even when it ends (or wraps) "
-                   "there: Mixer._apply and RtPlayer._schedule fade the new voice in over audio.fade_ms (and a loop "
-                   "out after it). Owner: livegen/output/mixer.py, rt_player.py (proposed fix: a voice "
-                   "that ends or wraps exactly at the new start ends there, unfaded, and the new one is not "
-                   "faded in)")
 
-
-@pytest.mark.xfail(strict=True, reason=SAME_SLOT_CHOKE)
 @pytest.mark.parametrize("loop", [False, True])
 def test_an_extension_follows_the_clip_with_no_gap_or_overlap_on_the_player(loop):
     """The Python player mixed block by block (its callback): the extension starts on the slot's end

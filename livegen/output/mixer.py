@@ -35,7 +35,7 @@ _SCHEDULE, _STREAM, _STOP, _GAIN = 0, 1, 2, 3
 
 class Voice:
     __slots__ = ("active", "slot", "buf", "ring", "length", "start", "loop", "gain", "fade_in",
-                 "stop_at", "serial")
+                 "stop_at", "serial", "end_at")
 
     def __init__(self) -> None:
         self.active = False
@@ -49,12 +49,14 @@ class Voice:
         self.fade_in = False
         self.stop_at = -1
         self.serial = 0
+        self.end_at = -1  # a frame where it ends without a fade (its natural end or a loop boundary)
 
     def clear(self) -> None:
         self.active = False
         self.buf = None
         self.ring = None
         self.stop_at = -1
+        self.end_at = -1
 
 
 class Mixer:
@@ -167,8 +169,13 @@ class Mixer:
                 if v.start >= start:
                     v.clear()  # a pending clip that never started: drop it
                 elif v.stop_at < 0 or v.stop_at > start:
-                    v.stop_at = start
-                    choked = True
+                    if v.ring is None and v.length > 0 and (
+                            (not v.loop and v.start + v.length <= start)
+                            or (v.loop and (start - v.start) % v.length == 0)):
+                        v.end_at = start  # it ends (or wraps) where the new clip starts: a seamless join
+                    else:
+                        v.stop_at = start
+                        choked = True
                 else:
                     choked = choked or v.stop_at + self.fade > start
         v = self._free_voice()
@@ -204,6 +211,11 @@ class Mixer:
             b = n
             if v.stop_at >= 0:
                 b = min(n, v.stop_at + fade - frame_time)
+                if b <= a:
+                    v.clear()
+                    continue
+            if v.end_at >= 0:
+                b = min(b, v.end_at - frame_time)
                 if b <= a:
                     v.clear()
                     continue

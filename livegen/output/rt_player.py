@@ -327,6 +327,9 @@ class RtPlayer:
             if old.cut_at is None or old.cut_at > start:
                 if old.start >= start:
                     items += self._cut(old, start, tail=False)  # pending, never heard: dropped
+                elif _ends_at(old, start):  # it ends (or wraps) where the new clip starts: a seamless join
+                    if old.loop:
+                        items += self._cut(old, start, tail=False)  # cancelled on its loop end, no tail
                 else:
                     items += self._cut(old, start)
                     choked = True
@@ -596,3 +599,12 @@ def make_player(settings: AudioSettings, tempo: TempoSource | None = None) -> An
     from livegen.output.audio_host import HostedPlayer
 
     return HostedPlayer(settings, tempo)
+
+
+def _ends_at(v: RtVoice, frame: int) -> bool:
+    """A buffer voice whose one-shot ends by ``frame``, or whose loop wraps exactly at ``frame``."""
+    if v.stream is not None or v.length <= 0:
+        return False
+    if v.loop:
+        return (v.offset + frame - v.start) % v.length == 0
+    return v.start + v.length - v.offset <= frame

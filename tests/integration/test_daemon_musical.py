@@ -64,8 +64,10 @@ def params(daemon, client):
 
 
 @pytest.mark.realtime
-@pytest.mark.xfail(strict=True, reason="the players (Python and rtmixer alike) fade the extension in at the "
-                   "same-slot join: tests/test_musical.py SAME_SLOT_CHOKE")
+@pytest.mark.xfail(strict=True, reason="through the daemon (rtmixer player, streamed first pass) the loop's last pass "
+                   "before the join is not the clip at any offset within 6 frames: the streamed loop's hand-over to "
+                   "its buffer voice shifts the loop phase (seen 256-502 frames); the join itself is exact offline "
+                   "(tests/test_musical.py) - issue 12 left open for it")
 def test_an_extension_follows_the_looping_clip_with_no_gap_or_overlap(daemon, client, params):
     recorder = Recorder(daemon.ports, seconds=30.0, name="lgrec-extend")
     time.sleep(0.3)
