@@ -24,7 +24,9 @@ def test_a_frozen_heap_makes_full_collections_cheap():
     try:
         before = _full_collection_seconds()
         frozen = freeze_heap()
-        assert frozen >= 400_000 and gc.get_freeze_count() == frozen
+        # frozen objects that die leave the permanent generation (other tests' threads still free
+        # some in a full run: 568161 then 568149 was seen), so the count is not compared exactly
+        assert frozen >= 400_000 and gc.get_freeze_count() >= 400_000
         after = _full_collection_seconds()
         assert after < before / 4, (before, after)
     finally:
