@@ -147,7 +147,7 @@ def test_vary_starts_from_the_slot_audio(daemon, client, params, tiny_model, mon
     assert np.abs(v - f).max() > 1e-2  # the slot's audio changed the result
 
     # the same calls in this process: the pipeline with the slot's clip as init audio; the daemon's
-    # clip is that render at the gain its sidecar records (no limiting here), away from the short
+    # clip is that render at the gain its sidecar records (and its limiting), away from the short
     # head and tail fades of a one-shot
     from livegen.models.stable_audio import StableAudioPipeline
 
@@ -158,9 +158,12 @@ def test_vary_starts_from_the_slot_audio(daemon, client, params, tiny_model, mon
     inner = slice(64, a.shape[1] - 256)
 
     def same_render(clip: np.ndarray, levels: dict, raw: np.ndarray) -> None:
-        assert levels["limited_db"] == 0.0, levels
         expected = raw * np.float32(10.0 ** (levels["gain_db"] / 20.0))
-        np.testing.assert_allclose(clip[:, inner], expected[:, inner], rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+        # the streaming true-peak limiter may have pulled peaks down by limited_db (random weights:
+        # 0.148 dB was seen in CI): no sample moves by more than that share of the peak
+        limited = 1.0 - 10.0 ** (-float(levels["limited_db"]) / 20.0)
+        peak = float(np.abs(expected).max())
+        np.testing.assert_allclose(clip[:, inner], expected[:, inner], rtol=1e-3, atol=(1e-4 + limited) * peak)
 
     same_render(v, meta["levels"], pipe.generate("osc pad 9", init_audio=a, init_strength=0.6, **kwargs))
     same_render(f, json.loads(fresh.with_suffix(".json").read_text())["levels"], pipe.generate("osc pad 9", **kwargs))
