@@ -89,3 +89,12 @@ def _restore_mlx_configuration():
     saved = device._configured
     yield
     device._configured = saved
+
+
+def pytest_unconfigure(config) -> None:
+    """The test process's own MLX streams, released on the main thread before the interpreter
+    finalises (mx.clear_streams, as MLX asks): the full suite's pytest process ended with a
+    segfault (exit status 139) after every test had run."""
+    from livegen.engine.worker import release_mlx_streams
+
+    release_mlx_streams()

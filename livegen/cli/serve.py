@@ -145,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
     # after the stop.
     worker = daemon.worker
     stopped = daemon.stop_requested_at or time.monotonic()
+    from livegen.engine.worker import release_mlx_streams
+
+    release_mlx_streams()  # the main thread's (the device stage, weight checks), as MLX asks
     stuck = list(getattr(daemon, "stuck", []))
     if worker is not None and worker.alive and not worker.join(
             max(0.0, EXIT_WITHIN_SECONDS - (time.monotonic() - stopped))):

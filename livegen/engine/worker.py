@@ -123,6 +123,22 @@ def lower_thread_priority(increment: int) -> int | None:
     return nice
 
 
+def release_mlx_streams() -> None:
+    """Destroy the MLX streams the calling thread created (``mx.clear_streams``), if MLX is loaded.
+
+    MLX asks for this at the end of every thread that used it and of the main thread: left to the
+    thread-local destructors, its clean-up runs after the interpreter has finalised and the process
+    dies with "terminate called without an active exception" (SIGABRT) or a segfault
+    (ml-explore/mlx#4327, #4110; seen here as exit status -6 of `livegen serve` and 139 of pytest)."""
+    mx = sys.modules.get("mlx.core")
+    clear = getattr(mx, "clear_streams", None)
+    if clear is not None:
+        try:
+            clear()
+        except Exception:  # noqa: BLE001 - at teardown a failed clean-up must not mask the exit status
+            log.debug("mx.clear_streams failed", exc_info=True)
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     queue_size: int = 8
@@ -391,6 +407,12 @@ class Worker:
             pass
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            release_mlx_streams()  # this thread's MLX streams, before it ends (see release_mlx_streams)
+
+    def _serve(self) -> None:
         lower_thread_priority(self._options.render_nice)  # before MLX starts its threads from here
         try:
             self._load()

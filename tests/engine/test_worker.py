@@ -305,3 +305,58 @@ def test_generate_kwargs_follow_the_engine_signature():
     assert sa == {"seconds": 2.0, "seed": 3, "negative_prompt": "noise", "steps": 8, "sampler": "euler",
                   "cfg_scale": 4.0}
     assert generate_kwargs(FakeEngine(), Request("x", seconds=1.0), 1.0) == {"seconds": 1.0}
+
+
+def test_the_generation_thread_releases_its_mlx_streams_before_it_ends(monkeypatch):
+    """MLX's clean-up must run on each thread that used it before the interpreter finalises
+    (mx.clear_streams; ml-explore/mlx#4327): `livegen serve` died with -6 ("terminate called without
+    an active exception") after a normal stop in CI, twice in one run. The thread calls it last, also
+    when loading failed."""
+    import threading
+
+    from livegen.engine import worker as wk
+
+    seen: list[str] = []
+    monkeypatch.setattr(wk, "release_mlx_streams", lambda: seen.append(threading.current_thread().name))
+
+    async def main():
+        worker, h = make(FakeEngine())
+        worker.start()
+        await h.wait(READY)
+        assert seen == []
+        assert worker.close()
+        assert seen == [worker._thread.name] and seen[0] != threading.current_thread().name
+
+        def broken():
+            raise RuntimeError("no weights")
+
+        seen.clear()
+        failing = Worker({"sa": broken}, WorkerOptions(), h.notify, asyncio.get_running_loop())
+        failing.start()
+        await h.wait(FATAL)
+        failing.close()
+        assert len(seen) == 1
+
+    run(main())
+
+
+def test_release_mlx_streams_runs_on_a_thread_that_used_mlx():
+    import threading
+
+    from livegen.engine.worker import release_mlx_streams
+
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            import mlx.core as mx
+
+            mx.eval(mx.compile(lambda a: a * 2)(mx.ones((8,))))
+            release_mlx_streams()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(30)
+    assert not errors and not t.is_alive()
