@@ -80,6 +80,15 @@ def jack_server():
     return ports.split()
 
 
+@pytest.fixture(scope="session")
+def jack_log():
+    """The JACK server's log (``LIVEGEN_JACK_LOG``, set by CI): which client lost a cycle
+    (tests/jack_log.py)."""
+    from tests.jack_log import JackLog
+
+    return JackLog()
+
+
 @pytest.fixture(autouse=True)
 def _restore_mlx_configuration():
     """A test that starts a generation worker switches the process to the daemon's realtime

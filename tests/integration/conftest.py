@@ -20,17 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_packet import OscPacket
 
 from livegen.control.osc import build_message
 from tests.conftest import require_or_skip
+from tests.integration.jack_recorder import Recorder  # noqa: F401  (the tests' JACK recorder)
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_SIZE = 22528  # the tiny model's window: 0.51 s at 44.1 kHz (attention cost grows as length^2)
 MIDI_PORT = "lgtest"
+# the JACK clients a test daemon opens: audio (audio.client_name, or PortAudio's with the python
+# backend), MIDI in (midi.port_name) with its guard and lister, MIDI out, the stream guard's probe
+DAEMON_CLIENTS = ("livegen", "PortAudio", "livegen-probe", MIDI_PORT, f"{MIDI_PORT}_guard", f"{MIDI_PORT}_list",
+                  f"{MIDI_PORT}_out")
 
 MAPPING = """\
 name: integration
@@ -298,45 +302,6 @@ def wait_new_ports(before: set[tuple[str, int]], timeout: float = 20.0) -> list[
             return new[:2]
         time.sleep(0.1)
     raise AssertionError(f"the daemon's PortAudio ports did not appear (had {sorted(before)})")
-
-
-class Recorder:
-    """A JACK client recording two ports into a preallocated buffer and counting xruns."""
-
-    def __init__(self, ports: list[str], seconds: float, name: str = "lgrec") -> None:
-        import jack
-
-        self.client = jack.Client(name, no_start_server=True)
-        self.rate = self.client.samplerate
-        self.buf = np.zeros((len(ports), int(seconds * self.rate)), dtype=np.float32)
-        self.pos = 0
-        self.xruns = 0
-        self.recording = False
-        self.inports = [self.client.inports.register(f"in_{i}") for i in range(len(ports))]
-        self.client.set_process_callback(self._process)
-        self.client.set_xrun_callback(self._xrun)
-        self.client.activate()
-        for src, dst in zip(ports, self.inports, strict=True):
-            self.client.connect(src, dst)
-        self.clients = sorted({p.name.split(":")[0] for p in self.client.get_ports()})
-
-    def _process(self, frames: int) -> None:
-        if not self.recording:
-            return
-        n = min(frames, self.buf.shape[1] - self.pos)
-        for i, port in enumerate(self.inports):
-            self.buf[i, self.pos:self.pos + n] = port.get_array()[:n]
-        self.pos += n
-
-    def _xrun(self, delay: float) -> None:
-        if self.recording:
-            self.xruns += 1
-
-    def close(self) -> np.ndarray:
-        self.recording = False
-        self.client.deactivate()
-        self.client.close()
-        return self.buf[:, :self.pos]
 
 
 # ---------------------------------------------------------------------------------------- folder

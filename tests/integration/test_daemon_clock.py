@@ -79,29 +79,9 @@ T_128 = 16 * 60 / 128
 BAR_TOLERANCE = 0.030
 
 
-class StampedRecorder(Recorder):
-    """The conftest recorder, also noting the monotonic time of each JACK cycle it records."""
-
-    def __init__(self, ports: list[str], seconds: float) -> None:
-        self.stamps = np.zeros((int(seconds * 48000 / 64) + 16, 2))
-        self.cycles = 0
-        super().__init__(ports, seconds, name="lgclkrec")
-
-    def _process(self, frames: int) -> None:
-        if self.recording and self.cycles < len(self.stamps) and self.pos < self.buf.shape[1]:
-            self.stamps[self.cycles] = (self.pos, time.monotonic())
-            self.cycles += 1
-        super()._process(frames)
-
-    def time_of(self, frame: int) -> float:
-        """Monotonic time of recorded ``frame``, from the cycles around the one that recorded it.
-        A callback runs late, never early (the GIL, a loaded machine), so the smallest ``time -
-        frame / rate`` of the 16 cycles up to it is used (as the player's stream clock does); a
-        cycle lost to an xrun leaves a lasting step in the frames, which that follows."""
-        pos, t = self.stamps[:self.cycles].T
-        off = t - pos / self.rate
-        i = int(np.searchsorted(pos, frame, side="right")) - 1
-        return float(off[max(0, i - 15):i + 1].min() + frame / self.rate)
+def StampedRecorder(ports: list[str], seconds: float) -> Recorder:  # noqa: N802
+    """The conftest recorder (it notes the monotonic time of each cycle it records)."""
+    return Recorder(ports, seconds, name="lgclkrec")
 
 
 def stream_clock(d, client: OscClient) -> tuple[float, int]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,28 +34,40 @@ def _start_jackd() -> subprocess.Popen:
     return proc
 
 
-def _record(ports: list[str], seconds: float) -> np.ndarray:
-    import jack
+# The recorder runs in a child process: libjack keeps one set of process-wide globals (the server's
+# shared memory, held while any client of the process is open: PortAudio's, once sounddevice is
+# imported), so a client opened in the test process on this second server mixes the two servers'
+# port tables. In CI that connected 'livegen:out_L' -> 'livegen:out_L' here, and later tests'
+# PortAudio streams in the test process failed ("Invalid sample rate", underflows).
+RECORD = r"""
+import sys, time, numpy as np, jack
+seconds = float(sys.argv[1]); path = sys.argv[2]; ports = sys.argv[3:]
+c = jack.Client("lgrtrec", no_start_server=True)
+buf = np.zeros((len(ports), int(seconds * c.samplerate) + 4096), np.float32)
+pos = [0]
+ins = [c.inports.register(f"in_{i}") for i in range(len(ports))]
+def process(frames):
+    n = min(frames, buf.shape[1] - pos[0])
+    for i, port in enumerate(ins):
+        buf[i, pos[0]:pos[0] + n] = port.get_array()[:n]
+    pos[0] += n
+c.set_process_callback(process)
+c.activate()
+for src, dst in zip(ports, ins):
+    c.connect(src, dst)
+time.sleep(seconds)
+c.deactivate()
+c.close()
+np.save(path, buf[:, :pos[0]])
+"""
 
-    c = jack.Client("lgrtrec", no_start_server=True)
-    buf = np.zeros((2, int(seconds * c.samplerate) + 4096), np.float32)
-    pos = [0]
-    ins = [c.inports.register(f"in_{i}") for i in range(2)]
 
-    @c.set_process_callback
-    def process(frames: int) -> None:
-        n = min(frames, buf.shape[1] - pos[0])
-        for i, port in enumerate(ins):
-            buf[i, pos[0]:pos[0] + n] = port.get_array()[:n]
-        pos[0] += n
-
-    c.activate()
-    for src, dst in zip(ports, ins, strict=True):
-        c.connect(src, dst)
-    time.sleep(seconds)
-    c.deactivate()
-    c.close()
-    return buf[:, :pos[0]]
+def _record(ports: list[str], seconds: float, tmp: Path) -> np.ndarray:
+    path = tmp / f"rec-{time.monotonic_ns()}.npy"
+    env = dict(os.environ, JACK_DEFAULT_SERVER=SERVER, JACK_NO_START_SERVER="1")
+    subprocess.run([sys.executable, "-c", RECORD, str(seconds), str(path), *ports], env=env, check=True,
+                   timeout=seconds + 30)
+    return np.load(path)
 
 
 def test_jack_death_is_reported_playback_resumes_and_sigterm_exits_within_2_s(jack_server, tiny_model, tmp_path,
@@ -70,7 +84,7 @@ def test_jack_death_is_reported_playback_resumes_and_sigterm_exits_within_2_s(ja
         osc.send(daemon.port, "/test/pad/3")  # a looping slot plays when the server dies
         osc.wait("/livegen/done", mark, timeout=60)
         time.sleep(0.5)
-        assert np.abs(_record(["livegen:out_L", "livegen:out_R"], 0.5)).max() > 0, "nothing played"
+        assert np.abs(_record(["livegen:out_L", "livegen:out_R"], 0.5, tmp_path)).max() > 0, "nothing played"
         mark = osc.mark()
         t0 = time.monotonic()
         jackd.kill()
@@ -84,7 +98,7 @@ def test_jack_death_is_reported_playback_resumes_and_sigterm_exits_within_2_s(ja
         back = osc.wait("/livegen/ack", mark, timeout=20, where=lambda p: "back" in str(p[-1]).lower())
         resumed = time.monotonic() - t1
         time.sleep(0.3)
-        after = _record(["livegen:out_L", "livegen:out_R"], 1.0)
+        after = _record(["livegen:out_L", "livegen:out_R"], 1.0, tmp_path)
         up = daemon.query_status(osc)
         jackd.terminate()  # gone again, for good (a clean stop frees its registry entry): SIGTERM must not wait on it
         jackd.wait(5)

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from livegen.audio_io import match_channels, resample
-from tests.integration.conftest import OscClient, Recorder
+from tests.integration.conftest import DAEMON_CLIENTS, OscClient, Recorder
 
 
 def _wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -68,7 +68,8 @@ def params(daemon, client):
                    "before the join is not the clip at any offset within 6 frames: the streamed loop's hand-over to "
                    "its buffer voice shifts the loop phase (seen 256-502 frames); the join itself is exact offline "
                    "(tests/test_musical.py) - issue 12 left open for it")
-def test_an_extension_follows_the_looping_clip_with_no_gap_or_overlap(daemon, client, params):
+def test_an_extension_follows_the_looping_clip_with_no_gap_or_overlap(daemon, client, params, jack_log):
+    log_mark = jack_log.mark()
     recorder = Recorder(daemon.ports, seconds=30.0, name="lgrec-extend")
     time.sleep(0.3)
     recorder.recording = True
@@ -92,7 +93,8 @@ def test_an_extension_follows_the_looping_clip_with_no_gap_or_overlap(daemon, cl
     np.testing.assert_array_equal(audio[:, join - a_s.shape[1]:join], a_s)
     np.testing.assert_array_equal(audio[:, join:join + b_s.shape[1]], b_s)
     assert _first(audio, a_s) < join - a_s.shape[1]  # it had looped before (the join is a loop end)
-    assert recorder.xruns == 0, f"{recorder.xruns} JACK xruns; JACK clients: {recorder.clients}"
+    xruns = jack_log.since(log_mark, DAEMON_CLIENTS, recorder.xruns)
+    assert xruns.daemon_xruns == 0, f"{xruns}; JACK clients: {recorder.clients}"
 
 
 @pytest.mark.realtime

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import REPO, FolderWatch, Recorder
+from tests.integration.conftest import DAEMON_CLIENTS, REPO, FolderWatch, Recorder
 
 pytestmark = pytest.mark.realtime
 
@@ -29,10 +29,11 @@ def soxi(flag: str, path: Path) -> str:
 # process can still cost JACK one cycle, so a failing run is repeated (at most twice) and every
 # failure is printed by pytest-rerunfailures. A real glitch in livegen fails all three.
 @pytest.mark.flaky(reruns=2, reruns_delay=2)
-def test_bar_request_is_played_and_lands_in_the_folder_exactly(daemon, client):
+def test_bar_request_is_played_and_lands_in_the_folder_exactly(daemon, client, jack_log):
     watch = FolderWatch(daemon.folder)
     recorder = Recorder(daemon.ports, seconds=20.0)
     time.sleep(0.5)  # a fresh connection may add an xrun; start counting after it
+    log_mark = jack_log.mark()
     recorder.recording = True
     before = daemon.query_status(client)
     # 1/4 bar of 1 beat at 240 bpm: round(0.25 * 60 / 240 * 44100) = round(2756.25) = 2756 frames
@@ -68,13 +69,17 @@ def test_bar_request_is_played_and_lands_in_the_folder_exactly(daemon, client):
     assert loud.size > 0, "nothing was played"
     span = loud[-1] - loud[0] + 1
     assert abs(span - 2756) <= 256 + 8, span
-    # JACK xruns are server-wide (PortAudio reports them to every client as underflows): another
-    # real-time client on the same server can cause them; name the clients when it happens
+    # JACK xruns are server-wide (PortAudio reports every one to every client as an underflow): the
+    # server's log says whose callback overran (tests/jack_log.py); only the daemon's count here
+    xruns = jack_log.since(log_mark, DAEMON_CLIENTS, recorder.xruns)
     underflows = (before["audio"]["underflows"], after["audio"]["underflows"])
-    assert recorder.xruns == 0, (f"{recorder.xruns} JACK xruns; daemon underflows before/after: {underflows}; "
-                                 f"JACK clients: {recorder.clients}")
-    assert after["underflows_after_start"] == before["underflows_after_start"]
-    assert after["audio"]["underflows"] == before["audio"]["underflows"]
+    print(f"{xruns}; daemon underflows before/after: {underflows}; JACK clients: {recorder.clients}")
+    assert xruns.daemon_xruns == 0, (str(xruns), underflows, recorder.clients)
+    new_underflows = after["audio"]["underflows"] - before["audio"]["underflows"]
+    # each cycle the machine lost is flagged to the daemon's stream too: no underflow of its own
+    assert new_underflows <= (xruns.counted if xruns.known else 0), (str(xruns), underflows)
+    assert (after["underflows_after_start"] - before["underflows_after_start"]
+            <= (xruns.counted if xruns.known else 0)), (str(xruns), underflows)
     assert after["clips_played"] == before["clips_played"] + 1
     # back to short second-based clips for the other tests
     client.send(daemon.port, "/livegen/bars", 0)  # 0 clears the bars

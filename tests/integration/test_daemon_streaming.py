@@ -44,32 +44,9 @@ PERIOD = 256  # the CI's (and this test's) JACK period
 FADE = int(0.005 * 44100)  # audio.fade_ms
 
 
-class StampedRecorder(Recorder):
-    """The conftest recorder, also noting the monotonic time at which each JACK cycle ran."""
-
-    def __init__(self, ports: list[str], seconds: float) -> None:
-        self.stamps = np.zeros((int(seconds * 44100 / 64) + 16, 2))
-        self.cycles = 0
-        super().__init__(ports, seconds, name="lgstreamrec")
-
-    def _process(self, frames: int) -> None:
-        if self.recording and self.cycles < len(self.stamps) and self.pos < self.buf.shape[1]:
-            self.stamps[self.cycles] = (self.pos, time.monotonic())
-            self.cycles += 1
-        super()._process(frames)
-
-    def time_of(self, frame: int) -> float:
-        """Monotonic time of recorded ``frame``: the earliest ``time - pos / rate`` of the 16 cycles
-        up to it (a cycle runs late, never early)."""
-        pos, t = self.stamps[:self.cycles].T
-        off = t - pos / self.rate
-        i = int(np.searchsorted(pos, frame, side="right")) - 1
-        return float(off[max(0, i - 15):i + 1].min() + frame / self.rate)
-
-    def frame_of(self, t: float) -> int:
-        pos, ts = self.stamps[:self.cycles].T
-        off = (ts - pos / self.rate).min()
-        return int(round((t - off) * self.rate))
+def StampedRecorder(ports: list[str], seconds: float) -> Recorder:  # noqa: N802
+    """The conftest recorder (it notes the monotonic time of each cycle it records)."""
+    return Recorder(ports, seconds, name="lgstreamrec")
 
 
 def oscsend(port: int, address: str, *args: str) -> float:

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from tests.integration.conftest import (
+    DAEMON_CLIENTS,
     OscClient,
     Recorder,
     portaudio_ports,
@@ -26,6 +27,7 @@ from tests.integration.conftest import (
     stop_daemon,
     wait_new_ports,
 )
+from tests.jack_log import JackLog
 
 pytestmark = [pytest.mark.realtime, pytest.mark.slow]
 
@@ -83,9 +85,10 @@ if dropped:
 """
 
 
-def _window(daemon, client: OscClient, recorder: Recorder, seconds: float, flood: bool) -> dict:
+def _window(daemon, client: OscClient, recorder: Recorder, jack_log: JackLog, seconds: float, flood: bool) -> dict:
     before = daemon.query_status(client)
     xruns0 = recorder.xruns
+    log_mark = jack_log.mark()
     sent = dropped = 0
     if flood:
         env = dict(os.environ, JACK_NO_START_SERVER="1")
@@ -99,18 +102,21 @@ def _window(daemon, client: OscClient, recorder: Recorder, seconds: float, flood
         time.sleep(seconds + 0.8)
     time.sleep(0.5)  # the last messages reach the loop
     after = daemon.query_status(client)
+    report = jack_log.since(log_mark, (*DAEMON_CLIENTS, PORT, f"{PORT}_guard", f"{PORT}_list"), recorder.xruns - xruns0)
     return {
         "sent": sent,
         "dropped_by_sender": dropped,
         "received": after["midi"]["received"] - before["midi"]["received"],
         "underflows": after["audio"]["underflows"] - before["audio"]["underflows"],
         "xruns": recorder.xruns - xruns0,
+        "daemon_xruns": report.daemon_xruns,
+        "report": str(report),
         "playing": after["audio"].get("slots_playing", []),
     }
 
 
 @pytest.mark.flaky(reruns=2, reruns_delay=2)  # the existing policy for strict real-time tests
-def test_a_midi_flood_costs_no_audio_and_loses_no_note(jack_server, tiny_model, tmp_path):
+def test_a_midi_flood_costs_no_audio_and_loses_no_note(jack_server, tiny_model, tmp_path, jack_log):
     before_ports = portaudio_ports()
     daemon = start_daemon(tmp_path / "flood", tiny_model, midi_port=PORT, folder=False, mapping_text=MAPPING)
     client = OscClient()
@@ -125,8 +131,8 @@ def test_a_midi_flood_costs_no_audio_and_loses_no_note(jack_server, tiny_model, 
         recorder = Recorder(ports, seconds=1.0, name="lgfloodrec")  # counts xruns; records nothing
         time.sleep(0.5)  # a fresh connection may add an xrun; count after it
         recorder.recording = True
-        quiet = _window(daemon, client, recorder, SECONDS, flood=False)
-        flood = _window(daemon, client, recorder, SECONDS, flood=True)
+        quiet = _window(daemon, client, recorder, jack_log, SECONDS, flood=False)
+        flood = _window(daemon, client, recorder, jack_log, SECONDS, flood=True)
         print(f"quiet: {quiet}\nflood: {flood}")
         assert 0 in quiet["playing"] and 0 in flood["playing"], "the loop was not playing throughout"
         assert flood["sent"] == int(RATE * SECONDS)
@@ -138,12 +144,12 @@ def test_a_midi_flood_costs_no_audio_and_loses_no_note(jack_server, tiny_model, 
                 f"JACK carried {flood['sent'] - flood['dropped_by_sender']} MIDI messages, the daemon received "
                 f"{flood['received']}")
             assert flood["dropped_by_sender"] == 0, flood
-        # the flood costs no audio: no more underflows or xruns than the same time without it, and
-        # none at all when the quiet window had none
-        assert flood["underflows"] <= quiet["underflows"], (quiet, flood)
-        assert flood["xruns"] <= quiet["xruns"], (quiet, flood)
-        if quiet["underflows"] == 0 and quiet["xruns"] == 0:
-            assert flood["underflows"] == 0 and flood["xruns"] == 0, (quiet, flood)
+        # the flood costs no audio: no cycle lost by the daemon's own clients in either window (the
+        # server's log says whose callback overran: tests/jack_log.py), and no more underflows than
+        # cycles the machine lost (each is flagged to the daemon's stream too)
+        assert quiet["daemon_xruns"] == 0 and flood["daemon_xruns"] == 0, (quiet, flood)
+        for window in (quiet, flood):
+            assert window["underflows"] <= (window["xruns"] if jack_log.known else 0), (quiet, flood)
         assert daemon.alive()
     finally:
         if recorder is not None:
