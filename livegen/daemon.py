@@ -277,6 +277,8 @@ class Daemon:
         frozen = freeze_heap()  # before the stream opens: the one full collection holds the GIL
         threshold = gc_monitor.tune()
         self.gc_monitor.install()  # every collection's pause, in the status JSON (gc)
+        if (every := gc_monitor.forced_interval()) is not None:  # the soak benchmark's forced collections
+            gc_monitor.collect_every(asyncio.get_running_loop(), every)
         self._stage("gc", t, f"{frozen} objects frozen, thresholds {threshold}")
         if s.audio.enabled:  # after loading: the loader's Python work would starve the callback
             t = time.monotonic()

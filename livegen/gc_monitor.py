@@ -85,3 +85,29 @@ class GcMonitor:
                 "total_ms": round(self.total_ms, 1), "limit_ms": self.limit_ms, "over_limit": self.over_limit,
                 "last_over_limit": self.last_over_limit, "threshold": list(gc.get_threshold()),
                 "frozen": self.frozen}
+
+
+FORCE_ENV = "LIVEGEN_FORCE_GC_EVERY_S"  # a soak/benchmark hook: a full collection this often
+
+
+def forced_interval() -> float | None:
+    """Seconds between forced full collections (``LIVEGEN_FORCE_GC_EVERY_S``), or None (off).
+    bench/rt_soak.py sets it to show that the audio does not care (issue 11's target)."""
+    import os
+
+    try:
+        every = float(os.environ.get(FORCE_ENV, "") or "nan")
+    except ValueError:
+        return None
+    return every if every > 0 else None
+
+
+def collect_every(loop: Any, every: float) -> None:
+    """A ``gc.collect()`` on ``loop``'s thread every ``every`` seconds (holding the GIL, as a
+    collection of the loaded heap would) until the loop closes; timed like any collection."""
+
+    def tick() -> None:
+        gc.collect()
+        loop.call_later(every, tick)
+
+    loop.call_later(every, tick)

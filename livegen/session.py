@@ -506,6 +506,8 @@ class Session:
             check_duration(seconds, self.state.params.get("model"), self.limits)
             return float(value)
         if name in ("key", "scale"):
+            if isinstance(value, str) and not value.strip():
+                return None  # "" clears it (the browser's menu has an empty entry)
             return musical.parse_key(value) if name == "key" else musical.parse_scale(value)
         if name in _REQUEST_PARAMS:  # model-independent ranges (steps are kept for models that take them)
             ranges = Limits(self.limits.max_steps, self.limits.max_seconds, self.limits.max_prompt_chars)

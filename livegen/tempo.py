@@ -114,3 +114,16 @@ def last_boundary_frame(now_frame: int, launch: str, bpm: float, beats_per_bar: 
     while origin_frame + _round_half_up(k * period) > now_frame:
         k -= 1
     return int(origin_frame + _round_half_up(k * period))
+
+
+def check_bpm(bpm: float) -> float:
+    """``bpm`` as a float, or :class:`ValueError` when outside the players' 20-400 range."""
+    if not 20.0 <= bpm <= 400.0:
+        raise ValueError(f"bpm must be between 20 and 400, not {bpm!r}")
+    return float(bpm)
+
+
+def pivot_origin(now_frame: int, bpm: float, beats_per_bar: int, sample_rate: int, origin: int) -> int:
+    """The grid origin a tempo change pivots on: the start of the bar playing at ``now_frame``, so
+    launches after the change stay on the bars already heard."""
+    return last_boundary_frame(now_frame, "bar", bpm, beats_per_bar, sample_rate, origin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 
 from livegen import gc_monitor
 
@@ -63,3 +64,40 @@ def test_tune_keeps_the_older_thresholds_and_install_reads_the_frozen_count():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_forced_collections_run_on_the_loop_at_the_interval(monkeypatch):
+    import asyncio
+    import threading
+
+    monkeypatch.setenv(gc_monitor.FORCE_ENV, "0.05")
+    assert gc_monitor.forced_interval() == 0.05
+    for off in ("", "0", "-1", "soon"):
+        monkeypatch.setenv(gc_monitor.FORCE_ENV, off)
+        assert gc_monitor.forced_interval() is None
+    events: list[tuple[str, float, int]] = []
+
+    def seen(phase, info):
+        if info["generation"] == 2:
+            events.append((phase, time.monotonic(), threading.get_ident()))
+
+    async def main() -> int:
+        gc_monitor.collect_every(asyncio.get_running_loop(), 0.05)
+        end = time.monotonic() + 20
+        while sum(p == "stop" for p, _, _ in events) < 4 and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        return threading.get_ident()
+
+    gc.callbacks.append(seen)
+    try:
+        loop_thread = asyncio.run(main())
+    finally:
+        gc.callbacks.remove(seen)
+    stops = [t for p, t, _ in events if p == "stop"]
+    starts = [t for p, t, _ in events if p == "start"]
+    assert len(stops) >= 4, events
+    # each collection begins one interval after the previous one ended (a full collection of a big
+    # heap takes its own time), on the loop's thread
+    gaps = [b - a for a, b in zip(stops, starts[1:], strict=False)][:3]
+    assert all(0.045 <= g < 1.0 for g in gaps), gaps
+    assert {th for _, _, th in events} == {loop_thread}

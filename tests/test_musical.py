@@ -112,6 +112,12 @@ def test_key_and_scale_are_set_echoed_and_gettable_like_bpm():
     assert s.state.params["key"] == "F#" and s.state.params["scale"] == "harmonic minor"  # refusals change nothing
     # a knob choosing among scales goes through the same check
     assert s.midi(MidiEvent("control_change", 0, control=7, value=127)) == [Echo("scale", ("dorian",))]
+    # an empty value clears them (the browser's menus have an empty entry): the templates leave them out
+    assert s.osc("/livegen/set", ("key", ""), ORIGIN) == [Echo("key", ("",))]
+    assert s.osc("/livegen/scale", ("  ",), ORIGIN) == [Echo("scale", ("",))]
+    assert s.state.params.get("key") is None and s.state.params.get("scale") is None
+    (g,) = queued(s.osc("/livegen/generate", ("pad in {key} {scale}",), ORIGIN))
+    assert g.prompt == "pad in  "
 
 
 def test_key_bpm_and_scale_fill_the_prompt_templates():

@@ -24,9 +24,11 @@ from livegen.control import osc_verbs as verbs
 from livegen.control.web_security import relative_clip
 from livegen.engine import worker as wk
 from livegen.mapping import Generate, MidiEvent
+from livegen.musical import SCALES
 from livegen.request import LAUNCHES, Request, RequestError
 
-PARAMS = ("seed", "steps", "cfg", "seconds", "bars", "bpm", "launch", "model", "sampler")
+PARAMS = ("seed", "steps", "cfg", "seconds", "bars", "bpm", "launch", "model", "sampler", "key", "scale")
+KEYS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")  # the key menu ("" clears it)
 PEAKS = 64  # points of a clip's waveform thumbnail
 CLIPS_KEPT = 24
 WARNINGS_KEPT = 20
@@ -240,6 +242,8 @@ class SurfaceState:
             "launch": {"choices": list(LAUNCHES)},
             "model": {"choices": sorted(limits.models)},
             "sampler": {"choices": list(caps.samplers) if caps else [], "enabled": bool(caps and caps.samplers)},
+            "key": {"choices": ["", *KEYS]},
+            "scale": {"choices": ["", *SCALES]},
         }
 
     # ---- the snapshot --------------------------------------------------------------------

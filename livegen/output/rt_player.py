@@ -228,12 +228,11 @@ class RtPlayer:
         return self.frame + self.blocksize
 
     def set_bpm(self, bpm: float, beats_per_bar: int | None = None) -> None:
-        if not 20.0 <= bpm <= 400.0:
-            raise ValueError(f"bpm must be between 20 and 400, not {bpm!r}")
+        bpm = tempo_mod.check_bpm(bpm)
         with self._lock:
-            self._origin = tempo_mod.last_boundary_frame(self.frame, "bar", self._bpm, self._beats_per_bar,
-                                                         self.sample_rate, self._origin)
-            self._bpm = float(bpm)
+            self._origin = tempo_mod.pivot_origin(self.frame, self._bpm, self._beats_per_bar, self.sample_rate,
+                                                  self._origin)
+            self._bpm = bpm
             if beats_per_bar is not None:
                 self._beats_per_bar = int(beats_per_bar)
 

@@ -223,6 +223,29 @@ def test_a_slider_in_the_page_is_echoed_to_osc_subscribers(page, web_daemon):
         sub.close()
 
 
+def test_key_and_scale_menus_set_echo_and_clear(page, web_daemon):
+    from playwright.sync_api import expect
+
+    sub = OscClient()
+    try:
+        mark = sub.mark()
+        sub.send(web_daemon.port, "/livegen/subscribe")
+        sub.wait("/livegen/ack", mark, timeout=10)
+        page.select_option("#param-key", "F#")
+        sub.wait("/livegen/get", mark, timeout=10, where=lambda p: p == ["key", "F#"])
+        page.select_option("#param-scale", "dorian")
+        sub.wait("/livegen/get", mark, timeout=10, where=lambda p: p == ["scale", "dorian"])
+        sub.send(web_daemon.port, "/livegen/key", "bb")  # OSC moves the page's menu (the key as written)
+        expect(page.locator("#param-key")).to_have_value("Bb", timeout=10_000)
+        page.select_option("#param-scale", "")  # "(none)" clears it
+        sub.wait("/livegen/get", mark, timeout=10, where=lambda p: p == ["scale", ""])
+        expect(page.locator("#param-scale")).to_have_value("", timeout=10_000)
+        assert page.locator("#param-scale option").first.inner_text() == "(none)"
+    finally:
+        sub.send(web_daemon.port, "/livegen/key", "")
+        sub.close()
+
+
 def test_health_shows_xruns_underflows_and_dropped_messages(page, web_daemon):
     from playwright.sync_api import expect
 

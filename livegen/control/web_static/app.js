@@ -6,9 +6,9 @@ const $ = (id) => document.getElementById(id);
 const LONG_PRESS_MS = 600;
 const SEND_EVERY_MS = 80;
 const RANGES = ["steps", "cfg", "seconds", "bars", "bpm"];
-const CHOICES = ["launch", "model", "sampler"];
+const CHOICES = ["launch", "model", "sampler", "key", "scale"];
 const LABELS = { seed: "seed", steps: "steps", cfg: "cfg", seconds: "seconds", bars: "bars", bpm: "bpm",
-                 launch: "launch", model: "model", sampler: "sampler" };
+                 launch: "launch", model: "model", sampler: "sampler", key: "key", scale: "scale" };
 
 let ws = null;
 let state = null;
@@ -160,7 +160,7 @@ function buildParams(controls) {
     let input;
     if (CHOICES.includes(name)) {
       input = document.createElement("select");
-      for (const v of c.choices) input.add(new Option(v, v));
+      for (const v of c.choices) input.add(new Option(v === "" ? "(none)" : v, v));
       input.addEventListener("change", () => send({ type: "set", param: name, value: input.value }));
     } else {
       input = document.createElement("input");
