@@ -61,7 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         print(f"not measured: {why}", file=sys.stderr)
         return 2
-    from tests.integration.conftest import OscClient, portaudio_ports, start_daemon, stop_daemon, wait_new_ports
+    from tests.integration.conftest import (
+        OscClient,
+        portaudio_ports,
+        start_daemon,
+        stop_daemon,
+        wait_new_ports,
+    )
     from tests.integration.jack_recorder import Recorder
     from tests.jack_log import JackLog
     from tests.models.musicgen.mg_fixtures import make_tiny_musicgen

@@ -10,6 +10,7 @@ elsewhere) is refused; a clip path outside the folder is refused.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -204,12 +205,21 @@ def test_a_cc_over_jack_midi_moves_the_slider(page, web_daemon):
         expect(page.locator("#value-steps")).to_have_text(steps)
 
 
-def test_a_slider_in_the_page_is_echoed_to_osc_subscribers(page, web_daemon):
+@contextlib.contextmanager
+def _subscriber(daemon):
+    """An OSC client subscribed to the daemon's pushes, and the mark after its subscription."""
     sub = OscClient()
     try:
         mark = sub.mark()
-        sub.send(web_daemon.port, "/livegen/subscribe")
+        sub.send(daemon.port, "/livegen/subscribe")
         sub.wait("/livegen/ack", mark, timeout=10)
+        yield sub, mark
+    finally:
+        sub.close()
+
+
+def test_a_slider_in_the_page_is_echoed_to_osc_subscribers(page, web_daemon):
+    with _subscriber(web_daemon) as (sub, mark):
         page.locator("#param-cfg").fill("3.5")
         sub.wait("/livegen/get", mark, timeout=10, where=lambda p: p[0] == "cfg" and abs(p[1] - 3.5) < 1e-6)
         page.select_option("#param-launch", "beat")
@@ -219,18 +229,12 @@ def test_a_slider_in_the_page_is_echoed_to_osc_subscribers(page, web_daemon):
         from playwright.sync_api import expect
 
         expect(page.locator("#param-launch")).to_have_value("now", timeout=10_000)
-    finally:
-        sub.close()
 
 
 def test_key_and_scale_menus_set_echo_and_clear(page, web_daemon):
     from playwright.sync_api import expect
 
-    sub = OscClient()
-    try:
-        mark = sub.mark()
-        sub.send(web_daemon.port, "/livegen/subscribe")
-        sub.wait("/livegen/ack", mark, timeout=10)
+    with _subscriber(web_daemon) as (sub, mark):
         page.select_option("#param-key", "F#")
         sub.wait("/livegen/get", mark, timeout=10, where=lambda p: p == ["key", "F#"])
         page.select_option("#param-scale", "dorian")
@@ -241,9 +245,7 @@ def test_key_and_scale_menus_set_echo_and_clear(page, web_daemon):
         sub.wait("/livegen/get", mark, timeout=10, where=lambda p: p == ["scale", ""])
         expect(page.locator("#param-scale")).to_have_value("", timeout=10_000)
         assert page.locator("#param-scale option").first.inner_text() == "(none)"
-    finally:
         sub.send(web_daemon.port, "/livegen/key", "")
-        sub.close()
 
 
 def test_health_shows_xruns_underflows_and_dropped_messages(page, web_daemon):
