@@ -75,6 +75,11 @@ class HostedStreamVoice:
     def misses(self) -> int:
         return int(self._host._call("sv_get", self.id, "misses")) if self._live() else 0
 
+    @property
+    def started_at(self) -> int | None:
+        at = self._host._call("sv_get", self.id, "started_at") if self._live() else None
+        return None if at is None else int(at) + self._host._offset
+
 
 class HostedPlayer:
     def __init__(self, settings: Any, tempo: Any = None) -> None:

@@ -131,6 +131,11 @@ class PyStreamVoice:
         self.start_frame = self._player._start_stream(self, launch, at_frame)
         return self.start_frame
 
+    @property
+    def started_at(self) -> int | None:
+        """The frame the voice started on (the mixer starts it exactly where :meth:`start` said)."""
+        return self.start_frame
+
     def close(self) -> None:
         self.closed = True
         self.flush()

@@ -349,6 +349,14 @@ class RtPlayer:
             return self._schedule(sv.slot, np.zeros((0, self.channels), np.float32), False, 1.0, launch,
                                   at_frame, stream=sv)
 
+    def _voice_start(self, sv: RtStreamVoice) -> int | None:
+        with self._lock:
+            v = sv.voice
+            if v is None:
+                return None
+            self._refine(v)
+            return None if v.approx else int(v.start)
+
     def _cancel_stream(self, sv: RtStreamVoice) -> None:
         with self._lock:
             v = sv.voice

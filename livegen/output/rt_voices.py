@@ -311,6 +311,13 @@ class RtStreamVoice:
         self.start_frame = self._player._start_stream(self, launch, at_frame)
         return self.start_frame
 
+    @property
+    def started_at(self) -> int | None:
+        """The frame the voice really started on: a launch "now" on a silent slot starts in the next
+        callback, one or two blocks after the frame :meth:`start` returned, and its frame is known
+        once rtmixer stamped the action (None until then)."""
+        return self._player._voice_start(self)
+
     def close(self) -> None:
         self.closed = True
 

@@ -352,7 +352,10 @@ class StreamDelivery:
         """Write the next pass(es) after the stream and hand the loop to a buffer voice on the frame
         where a pass begins (the player crossfades identical samples: an exact seam)."""
         n = audio.shape[1]
-        start = int(self.start_frame or 0)
+        # the frame the stream voice really started on (a launch "now" on a silent slot: a block or
+        # two after the one asked for): the loop's passes are counted from there
+        actual = getattr(self.voice, "started_at", None)
+        start = int(actual if actual is not None else self.start_frame or 0)
         guard = int(self.player.frame) + 4 * _block(self.player)
         k = 1
         while start + k * n < guard and k < 2:
