@@ -286,6 +286,7 @@ class SurfaceState:
             "banks": [b.name for b in mapper.banks],
             "pads": self.pad_views(player),
             "params": self.params(),
+            "tempo": {"source": session.tempo_source.value},  # internal, midi_clock or link: what moves bpm
             "controls": self.controls(),
             "clips": [asdict(c) for c in self.clips],
             "health": self.health(player),

@@ -245,6 +245,8 @@ def test_key_and_scale_menus_set_echo_and_clear(page, web_daemon):
         sub.wait("/livegen/get", mark, timeout=10, where=lambda p: p == ["scale", ""])
         expect(page.locator("#param-scale")).to_have_value("", timeout=10_000)
         assert page.locator("#param-scale option").first.inner_text() == "(none)"
+        # the tempo source is shown with the bpm (this daemon's own tempo: no clock, no Link)
+        expect(page.locator('label[for="param-bpm"]')).to_have_text("bpm")
         sub.send(web_daemon.port, "/livegen/key", "")
 
 

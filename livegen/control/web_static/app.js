@@ -187,9 +187,16 @@ function buildParams(controls) {
   }
 }
 
+const TEMPO_SOURCES = { internal: "", midi_clock: "MIDI clock", link: "Link" };
+
 function renderParams(s) {
   const key = JSON.stringify(s.controls);
   if (key !== paramsBuilt) { buildParams(s.controls); paramsBuilt = key; }
+  const bpmLabel = document.querySelector('label[for="param-bpm"]');
+  if (bpmLabel && s.tempo) {  // where the tempo comes from: a clock or Link moves the slider
+    const src = TEMPO_SOURCES[s.tempo.source] ?? s.tempo.source;
+    bpmLabel.textContent = src ? `bpm (${src})` : "bpm";
+  }
   for (const [name, value] of Object.entries(s.params)) {
     const input = $(`param-${name}`);
     if (!input) continue;
