@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -182,3 +185,21 @@ def test_vae_precision_measures_against_float64(sat_ref, torch_ref, tmp_path):
     for key in ("reference_fp32_vs_fp64", "livegen_vs_fp64", "livegen_native_conv_vs_fp64"):
         assert 0 < result[key] < 1e-5, (key, result[key])  # tiny and well conditioned: fp32 rounding only
     assert result["livegen_vs_reference_fp32"] < 1e-5
+
+
+@pytest.mark.realtime
+def test_rt_soak_runs_and_reports(jack_server, tmp_path):
+    """bench/rt_soak.py for a few seconds: four loops playing, clips generated, the xruns counted
+    and attributed (the 10-minute figures are in docs/benchmarks.md)."""
+    out = tmp_path / "soak.json"
+    env = dict(os.environ, JACK_NO_START_SERVER="1", LIVEGEN_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "bench/rt_soak.py", "--minutes", "0.05", "--workdir", str(tmp_path / "w"),
+                           "--json", str(out)], cwd=str(Path(__file__).resolve().parent.parent), env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["clips_generated"] >= 1 and sorted(r["slots_playing"]) == [0, 1, 2, 3], r
+    assert r["cpu_hog"] is True and r["forced_gc_every_s"] == 1.0
+    assert r["gc"]["collections"][2] >= 2  # the forced full collections ran in the daemon
+    assert r["jack_log_known"] == bool(os.environ.get("LIVEGEN_JACK_LOG")) and isinstance(r["xruns_of_the_daemon"], int)
+    assert r["exit"]["code"] == 0
