@@ -495,6 +495,17 @@ def compare_streaming(model: Path, t5: Path, cache: Path, workdir: Path, plan: P
     return out
 
 
+def batch_first_audio(model: Path, t5: Path, plan: Plan, repeats: int) -> dict[str, Any]:
+    """``generate_stream``'s first audio for the same clip in this process (bench.streaming),
+    after the daemons are gone: the figure issue 11's streaming target is a ratio of."""
+    import livegen  # noqa: F401  (the optimised BLAS before anything imports mlx.core)
+    from bench.streaming import stable_audio_first_audio
+    from livegen.models.stable_audio import StableAudioPipeline
+
+    pipe = StableAudioPipeline.from_pretrained(str(model), t5=str(t5))
+    return stable_audio_first_audio(pipe, plan.seconds, plan.steps, plan.tile_latents or 16, max(1, repeats), print)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python bench/daemon_latency.py --compare-streaming [--smoke]``: see :func:`compare_streaming`."""
     import argparse
@@ -508,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="uncached triggers per daemon after the first")
     ap.add_argument("--tile-latents", type=int, default=None, help="audio.stream_tile_latents")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    ap.add_argument("--no-batch", action="store_true", help="leave out the batch generate_stream first audio")
     args = ap.parse_args(argv)
     ok, why = jack_running()
     if not ok:
@@ -532,6 +544,11 @@ def main(argv: list[str] | None = None) -> int:
                 load_timeout=timeout, generate_timeout=timeout, tile_latents=args.tile_latents)
     cache = Path(os.environ.get("LIVEGEN_CACHE", str(work / "cache")))
     res = compare_streaming(model, t5, cache, work, plan, print)
+    if not args.no_batch:  # the issue's yardstick, in the same run: batch generate_stream's first audio
+        res["batch"] = batch_first_audio(model, t5, plan, args.repeats)
+        res["streamed_over_batch"] = res["streamed"]["median_warm"] / res["batch"]["median_first_audio_s"]
+        print(f"batch generate_stream first audio (median of {args.repeats}): "
+              f"{res['batch']['median_first_audio_s']:.3f} s; streamed daemon / batch: {res['streamed_over_batch']:.2f}x")
     print(json.dumps(res, indent=1))
     print(f"uncached trigger -> first sound, {seconds:g} s clip, {steps} steps (medians without each daemon's "
           f"first trigger): streamed {res['streamed']['median_warm']:.3f} s, buffered "
