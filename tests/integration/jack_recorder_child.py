@@ -15,7 +15,6 @@ import json
 import sys
 import time
 
-import jack
 import numpy as np
 
 # header slots (float64)
@@ -25,6 +24,8 @@ MAX_DELAYS = 256
 
 
 def main() -> None:
+    import jack  # here, not at the top: the test process imports this module's constants only
+
     path, capacity, max_cycles, name, *ports = sys.argv[1:]
     capacity, max_cycles = int(capacity), int(max_cycles)
     n = len(ports)
