@@ -188,9 +188,11 @@ def test_vae_precision_measures_against_float64(sat_ref, torch_ref, tmp_path):
 
 
 @pytest.mark.realtime
-def test_rt_soak_runs_and_reports(jack_server, tmp_path):
+def test_rt_soak_runs_and_reports(jack_server, sat_ref, transformers_ref, tmp_path):
     """bench/rt_soak.py for a few seconds: four loops playing, clips generated, the xruns counted
-    and attributed (the 10-minute figures are in docs/benchmarks.md)."""
+    and attributed (the 10-minute figures are in docs/benchmarks.md). It builds the tiny test
+    checkpoints with the PyTorch reference stack, hence sat_ref/transformers_ref (they skip, or
+    fail under LIVEGEN_REQUIRE_PARITY, without it)."""
     out = tmp_path / "soak.json"
     env = dict(os.environ, JACK_NO_START_SERVER="1", LIVEGEN_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run([sys.executable, "bench/rt_soak.py", "--minutes", "0.05", "--workdir", str(tmp_path / "w"),
