@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -52,6 +51,7 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202 - livegen.settings.Sett
 
 def run(args: argparse.Namespace) -> int:
     from livegen import render_bank as rb
+    from livegen.engine.worker import release_mlx_streams
     from livegen.output.prerender import PrerenderCache
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
@@ -92,10 +92,8 @@ def run(args: argparse.Namespace) -> int:
           f"in {summary.seconds:.1f} s")
     for line in summary.failed:
         print(f"failed: {line}", file=sys.stderr)
-    # Everything is written and closed. Leave without interpreter finalisation: MLX's native
-    # threads torn down there intermittently abort the process ("terminate called without an
-    # active exception"), which would turn a finished render into exit code -6.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1 if summary.failed else 0)
+    # The generation thread released its MLX streams when it ended; the main thread's go too, so
+    # the interpreter finalises normally (MLX's thread-local clean-up after finalisation aborted
+    # the process with "terminate called without an active exception": ml-explore/mlx#4327).
+    release_mlx_streams()
+    return 1 if summary.failed else 0
