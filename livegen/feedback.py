@@ -158,8 +158,7 @@ class Feedback:
         board = self._board
         return {"ports": list(out.port_names) if out is not None else [], "sent": out.sent if out is not None else 0,
                 "failed": out.failed if out is not None else 0, "coalesced": board.coalesced if board else 0,
-                "waiting": len(board.queue) if board else 0, "problem": self.problem,
-                "jack_restarts": out.jack_restarts if out is not None else 0}
+                "waiting": len(board.queue) if board else 0, "problem": self.problem}
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> list[str]:

@@ -32,9 +32,8 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
         "refused": daemon.refused,
         "subscribers": len(daemon.replies.subscribers),
         "osc": daemon.osc.stats() if daemon.osc is not None else {},
-        "midi": {"api": daemon.midi.api, "ports": daemon.midi.port_names, "received": daemon.midi.received,
-                 "jack_down": daemon.midi.jack_down, "jack_restarts": daemon.midi.jack_restarts}
-        if daemon.midi is not None else {},
+        "midi": {"api": daemon.midi.api, "ports": daemon.midi.port_names,
+                 "received": daemon.midi.received} if daemon.midi is not None else {},
         "feedback": daemon.feedback.stats() if getattr(daemon, "feedback", None) is not None else {},
         "prerender": daemon.prerender.stats() if daemon.prerender is not None else {},
         "watchdog": daemon.watchdog.stats() if daemon.watchdog is not None else {},

@@ -150,7 +150,7 @@ class FakeOut:
         self.wanted: list[list[str]] = []
         self.messages: list[tuple[float, tuple[int, ...]]] = []
         self.port_names = ["fake:midi_out"]
-        self.sent = self.failed = self.jack_restarts = 0
+        self.sent = self.failed = 0
         self.reconnect = threading.Event()
         self.closed = False
 

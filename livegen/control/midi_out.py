@@ -22,8 +22,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from livegen.control.jack_graph import JACK_CLIENTS, JackGraph, jack_server_running, new_port
-from livegen.control.midi import MidiUnavailable, _rtmidi_api, choose_api
+from livegen.control.midi import JackGraph, MidiUnavailable, _new_port, _rtmidi_api, choose_api
 
 log = logging.getLogger("livegen.midi_out")
 
@@ -49,8 +48,6 @@ class MidiOutput:
         self.port_names: list[str] = []
         self.sent = 0
         self.failed = 0
-        self.jack_restarts = 0  # times the JACK port was registered again on a new server
-        self.jack_down = False  # the JACK server went away; the port is gone until it is back
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ opening
@@ -66,7 +63,6 @@ class MidiOutput:
             except OSError as exc:
                 raise MidiUnavailable(f"the JACK graph cannot be read for the MIDI output ({exc})") from exc
             self._open_jack(rtmidi, api)
-            JACK_CLIENTS.opened(self)
         else:
             self._open_plain(rtmidi, api)
         for w in self.warnings:
@@ -85,7 +81,7 @@ class MidiOutput:
         except (rtmidi.RtMidiError, *_ERRORS) as exc:
             raise MidiUnavailable(f"could not create the MIDI output port ({self.api}): {exc}") from exc
         self._main = port
-        self._own_port = new_port(before, graph.ports(outputs=True), VIRTUAL_PORT)
+        self._own_port = _new_port(before, graph.ports(outputs=True), VIRTUAL_PORT)
         if self._own_port is None:
             raise MidiUnavailable("the JACK MIDI output port was created but cannot be found in the JACK graph")
         self.port_names = [self._own_port]
@@ -122,14 +118,7 @@ class MidiOutput:
 
     def check(self, first: bool = False) -> bool:
         """Connect what is wanted and not connected; True when a connection was made (the caller then
-        sends every LED again: a controller that appeared or came back knows none of them). On
-        JACK, also follows a restart of the server (:meth:`_watch_jack`)."""
-        if self.api == "UNIX_JACK" and not first:
-            reopened = self._watch_jack()
-            if self.jack_down:
-                return False
-            if reopened:
-                return True
+        sends every LED again: a controller that appeared or came back knows none of them)."""
         if not self._connect:
             return False
         made = self._check_jack(first) if self._graph is not None else self._check_plain(first)
@@ -219,8 +208,7 @@ class MidiOutput:
         self.failed += not ok
         return ok
 
-    def close(self, server_died: bool = False) -> None:
-        jack = self._graph is not None
+    def close(self) -> None:
         ports = ([self._main] if self._main is not None else []) + list(self._links.values())
         self._main, self._links = None, {}
         for port in ports:
@@ -229,38 +217,6 @@ class MidiOutput:
         if graph is not None:
             graph.close()
         self._lister = None
-        if jack:
-            JACK_CLIENTS.closed(self, server_died)
-
-    def _watch_jack(self) -> bool:
-        """Close the port when the JACK server went away; register it again (and its connections)
-        once the server is back and no client of the dead one is open in this process
-        (:mod:`livegen.control.jack_graph`). True when it was registered again."""
-        if not self.jack_down:
-            graph = self._graph
-            if graph is not None and (graph.dead or JACK_CLIENTS.stale(self) or not jack_server_running()):
-                self.close(server_died=True)
-                self.jack_down = True
-                self._labels = {}
-                self.port_names = []
-                log.warning("The JACK server went away: the MIDI feedback output is gone until it is back.")
-            return False
-        if not jack_server_running() or not JACK_CLIENTS.may_open():
-            return False
-        import rtmidi
-
-        try:
-            self._graph = JackGraph(f"{self._port_name}_out_graph")
-            self._open_jack(rtmidi, _rtmidi_api(self.api or ""))
-        except (OSError, MidiUnavailable) as exc:
-            log.debug("the JACK MIDI output could not be registered again yet: %s", exc)
-            self.close()
-            return False
-        JACK_CLIENTS.opened(self)
-        self.jack_down = False
-        self.jack_restarts += 1
-        log.warning("The JACK server is back: MIDI feedback output %s registered again.", self._own_port)
-        return True
 
     @staticmethod
     def _close_port(port: Any) -> None:

@@ -1,7 +1,6 @@
 """The audio server dies under a playing daemon and comes back: the death is reported at once over
 OSC and in the status, playback resumes by itself (a new audio process, the looping slot launched
-again, recorded on the new server), the JACK MIDI input is registered again and plays a pad, and
-SIGTERM with the server dead ends the daemon within 2 s."""
+again, recorded on the new server), and SIGTERM with the server dead ends the daemon within 2 s."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import MIDI_PORT, start_daemon, stop_daemon
+from tests.integration.conftest import start_daemon, stop_daemon
 
 pytestmark = pytest.mark.realtime
 
@@ -63,23 +62,6 @@ np.save(path, buf[:, :pos[0]])
 """
 
 
-SEND_NOTE = r"""
-import sys, time, mido
-out = mido.Backend("mido.backends.rtmidi/UNIX_JACK").open_output(sys.argv[1])
-out.send(mido.Message("note_on", channel=0, note=61, velocity=100))
-out.send(mido.Message("note_off", channel=0, note=61, velocity=0))
-time.sleep(0.2)
-out.close()
-"""
-
-
-def _send_note(port: str) -> None:
-    env = dict(os.environ, JACK_DEFAULT_SERVER=SERVER, JACK_NO_START_SERVER="1")
-    proc = subprocess.run([sys.executable, "-c", SEND_NOTE, port], env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-
-
 def _record(ports: list[str], seconds: float, tmp: Path) -> np.ndarray:
     path = tmp / f"rec-{time.monotonic_ns()}.npy"
     env = dict(os.environ, JACK_DEFAULT_SERVER=SERVER, JACK_NO_START_SERVER="1")
@@ -94,14 +76,13 @@ def test_jack_death_is_reported_playback_resumes_and_sigterm_exits_within_2_s(ja
         pytest.skip("jackd is not installed")
     jackd = _start_jackd()
     monkeypatch.setenv("JACK_DEFAULT_SERVER", SERVER)
-    daemon = start_daemon(tmp_path, tiny_model, audio=True, midi=True)
+    daemon = start_daemon(tmp_path, tiny_model, audio=True, midi=False)
     osc = daemon.status
     try:
         mark = osc.mark()
         osc.send(daemon.port, "/livegen/loop", 1)
         osc.send(daemon.port, "/test/pad/3")  # a looping slot plays when the server dies
         osc.wait("/livegen/done", mark, timeout=60)
-        assert daemon.query_status(osc)["midi"]["api"] == "UNIX_JACK"
         time.sleep(0.5)
         assert np.abs(_record(["livegen:out_L", "livegen:out_R"], 0.5, tmp_path)).max() > 0, "nothing played"
         mark = osc.mark()
@@ -110,20 +91,14 @@ def test_jack_death_is_reported_playback_resumes_and_sigterm_exits_within_2_s(ja
         jackd.wait(5)
         err = osc.wait("/livegen/error", mark, timeout=5, where=lambda p: "audio" in str(p[-1]).lower())
         detected = time.monotonic() - t0
-        osc.wait("/livegen/ack", mark, timeout=5, where=lambda p: "MIDI input is gone" in str(p[-1]))
         down = daemon.query_status(osc)
         mark = osc.mark()
         jackd = _start_jackd()
         t1 = time.monotonic()
-        back = osc.wait("/livegen/ack", mark, timeout=20, where=lambda p: "audio output is back" in str(p[-1]))
+        back = osc.wait("/livegen/ack", mark, timeout=20, where=lambda p: "back" in str(p[-1]).lower())
         resumed = time.monotonic() - t1
-        midi_back = osc.wait("/livegen/ack", mark, timeout=20, where=lambda p: "MIDI input" in str(p[-1]))
-        midi_resumed = time.monotonic() - t1
         time.sleep(0.3)
         after = _record(["livegen:out_L", "livegen:out_R"], 1.0, tmp_path)
-        mark = osc.mark()
-        _send_note(f"{MIDI_PORT}:midi_in")  # the re-registered port plays pad 1 (note 61)
-        heard = osc.wait("/livegen/ack", mark, timeout=20, where=lambda p: p[1] == "queued: midi pad 1")
         up = daemon.query_status(osc)
         jackd.terminate()  # gone again, for good (a clean stop frees its registry entry): SIGTERM must not wait on it
         jackd.wait(5)
@@ -136,15 +111,11 @@ def test_jack_death_is_reported_playback_resumes_and_sigterm_exits_within_2_s(ja
             jackd.terminate()
             jackd.wait(5)
     print(f"JACK death reported after {detected * 1000:.0f} ms: {err.params[-1]!r}; audio back "
-          f"{resumed:.2f} s after the server: {back.params[-1]!r}; MIDI back after {midi_resumed:.2f} s: "
-          f"{midi_back.params[-1]!r}; a note then: {heard.params!r}; exit status {rc} {seconds:.2f} s after SIGTERM")
+          f"{resumed:.2f} s after the server: {back.params[-1]!r}; exit status {rc} {seconds:.2f} s after SIGTERM")
     assert detected < 1.0  # the guard checks every 20 ms; PortAudio flags the stream inactive at once
     assert down["audio"]["stalled"] is True and down["audio"]["running"] is False
     assert down["audio"]["stream_errors"] >= 1
     assert np.count_nonzero(np.abs(after).max(axis=0)) > 0.9 * after.shape[1], "the loop did not resume"
-    assert up["audio"]["running"] is True and up["audio"]["restarts"] == 1 and 3 in up["audio"]["slots_playing"]
-    assert down["midi"]["jack_down"] is True and down["midi"]["ports"] == []
-    assert up["midi"]["jack_down"] is False and up["midi"]["jack_restarts"] == 1
-    assert up["midi"]["ports"] == [f"{MIDI_PORT}:midi_in"] and up["midi"]["received"] >= 2
+    assert up["audio"]["running"] is True and up["audio"]["restarts"] == 1 and up["audio"]["slots_playing"] == [3]
     assert seconds < 2.0, daemon.log_text()
     assert rc == 0, daemon.log_text()
