@@ -30,6 +30,11 @@ log = logging.getLogger("livegen.audio")
 
 CALL_TIMEOUT = 5.0  # seconds an RPC may take (a schedule carries the clip)
 RESPAWN_PERIOD = 1.0
+# The child publishes its clock every 40 ms. Silent for SILENT_FAULT: reported (a hung or starved
+# audio process); for SILENT_LOST: given up like a dead one (killed, a new one started).
+SILENT_FAULT = 0.5
+SILENT_LOST = 3.0
+WATCH_PERIOD = 0.05
 _FRAME_IN = {"schedule": "at_frame", "anchor_bar": "frame"}
 
 
@@ -113,11 +118,44 @@ class HostedPlayer:
         self._respawner: threading.Thread | None = None
         self._last_stats: dict[str, Any] = {}
         self._state: tuple[int, float] | None = None  # (child frame, monotonic time), pushed every 40 ms
+        self._heard = time.monotonic()  # when the child last published its state (the parent's clock)
+        self._silent = False  # the child's silence was reported as a fault
+        self._lost_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
 
     # ------------------------------------------------------------------ child lifecycle
     def start(self) -> None:
         release_portaudio_here()
         self._spawn()
+        self._watcher = threading.Thread(target=self._watch, name="livegen-audio-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        """The child's heartbeat: its state messages. A child that stops publishing (hung inside
+        the audio library, starved, deadlocked) is reported after SILENT_FAULT and replaced after
+        SILENT_LOST; one that publishes again after a report is reported as recovered."""
+        while not self._closing:
+            time.sleep(WATCH_PERIOD)
+            if not self._alive():
+                continue
+            silence = time.monotonic() - self._heard
+            if silence > SILENT_LOST:
+                self._lost(f"the audio process did not answer for {silence:.1f} s")
+            elif silence > SILENT_FAULT and not self._silent:
+                self._silent = True
+                self._fault(f"The audio process has not answered for {silence * 1000:.0f} ms; it is "
+                            f"replaced if it stays silent for {SILENT_LOST:.0f} s.")
+            elif silence <= SILENT_FAULT and self._silent:
+                self._silent = False
+                self._faulted = False
+                log.warning("the audio process answers again")
+                self._say(self.on_recover, "The audio process answers again.")
+
+    def _fault(self, text: str) -> None:
+        self.faults += 1
+        self._faulted = True
+        log.error("%s", text)
+        self._say(self.on_fault, text)
 
     def _spawn(self) -> None:
         ctx = mp.get_context("spawn")
@@ -137,6 +175,8 @@ class HostedPlayer:
             raise
         self.ports = list(info.get("ports", []))
         self._faulted = False
+        self._silent = False
+        self._heard = time.monotonic()
         self._last_stats = dict(self._call("stats"))
         self._state = (int(self._last_stats.get("frames", 0)), time.monotonic())
         self._down = False
@@ -155,6 +195,7 @@ class HostedPlayer:
                 if epoch == self._epoch:
                     self._state = (int(msg[1]), float(msg[2]))
                     self._last_stats = msg[3]
+                    self._heard = time.monotonic()
             elif msg[0] == "event":
                 self._event(msg[1], msg[2], epoch)
         with self._reply_cv:
@@ -164,9 +205,7 @@ class HostedPlayer:
 
     def _event(self, kind: str, text: str, epoch: int) -> None:
         if kind == "fault":
-            self.faults += 1
-            self._faulted = True
-            self._say(self.on_fault, text)
+            self._fault(text)
         elif kind == "recover":
             self._faulted = False
             self._say(self.on_recover, text)
@@ -181,10 +220,16 @@ class HostedPlayer:
                 log.info("could not report %r: %s", text, exc)
 
     def _lost(self, why: str) -> None:
-        """The child cannot play any more: kill it and start new ones until one opens the stream."""
-        if self._down or self._closing:
-            return
-        self._down = True
+        """The child cannot play any more: kill it and start new ones until one opens the stream.
+        Reported as a fault unless the child already reported one (a dead stream says so itself;
+        a child that crashed or hung says nothing)."""
+        with self._lost_lock:
+            if self._down or self._closing:
+                return
+            self._down = True
+        if not self._faulted:
+            self._fault(f"The audio output was lost ({why}); a new audio process is started when the "
+                        "audio server answers.")
         if "sounddevice" in sys.modules:  # this process's own PortAudio (the device check) knew the dead server
             from livegen.output.stream_guard import abandon_portaudio
 
@@ -375,10 +420,12 @@ class HostedPlayer:
             st["stream_errors"] = max(int(st.get("stream_errors", 0)), self.faults)
             st["backend"] = "rtmixer"
             st["process"] = True
+            st["pid"] = getattr(self._proc, "pid", None)  # the audio process (for the log and ps)
             return st
         st = dict(self._last_stats) or {"callbacks": 0, "underflows": 0, "xruns": 0, "last_underflow_time": None,
                                         "slots_playing": [], "slot_levels": {}, "slot_positions": {}}
         st.update(running=False, stalled=True, frames=self.frame, restarts=self.restarts, process=True,
+                  pid=getattr(self._proc, "pid", None),
                   stream_errors=max(int(st.get("stream_errors", 0)), self.faults),
                   backend="rtmixer", slots_playing=[], slot_levels={}, slot_positions={})
         return st

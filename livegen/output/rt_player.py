@@ -61,6 +61,7 @@ _SILENT = np.zeros((1, 8), np.float32)  # the clock probe's one frame (8: the mo
 ACTION_QUEUE = 1024  # rtmixer's action and result queues (a power of two)
 ANCHOR_WINDOW = 12  # clock probes (0.5 s) whose earliest stamp anchors the clock
 STATS_PERIOD = 0.04  # seconds between two reads of the callback's counters (also the stall detector's ping)
+LOCK_WAIT = 0.2  # seconds the stream guard waits for the player's lock before it judges by the fetch's age
 
 
 class RtPlayer:
@@ -521,13 +522,21 @@ class RtPlayer:
             self._stats_at = self._stats_posted = now
 
     def callback_silence(self) -> float:
-        """Seconds the outstanding counters fetch has waited for the callback (0: none waits)."""
-        with self._lock:
+        """Seconds the outstanding counters fetch has waited for the callback (0: none waits).
+
+        The lock is waited for a bounded time: the stream guard must see a stall even while the
+        thread that holds the lock is stuck in the audio library (then the fetch's age is the
+        answer: its result cannot be read without the lock, rtmixer's result queue has one reader)."""
+        if not self._lock.acquire(timeout=LOCK_WAIT):
+            return time.monotonic() - self._stats_posted if self._stats_act is not None else 0.0
+        try:
             if self._stats_act is None or self._m is None:
                 return 0.0
             if is_done(self._m, self._stats_act):
                 return 0.0
             return time.monotonic() - self._stats_posted
+        finally:
+            self._lock.release()
 
     def detach_stream(self) -> Any:
         """Take the (dead) stream away from the player: the feeder stops touching it."""
