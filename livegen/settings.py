@@ -167,6 +167,22 @@ def _check_allow(v: Any) -> str | None:
     return None
 
 
+RAY_CLIENT_REFUSED = (
+    "cannot be a Ray Client address (ray://): Ray Serve's streaming handle calls do not work over Ray "
+    "Client (ray-project/ray#43357; Ray raises 'Streaming DeploymentHandles are not currently supported "
+    "when connected to a remote Ray cluster using Ray Client'); make this machine a node of the cluster "
+    "(`ray start --address=HOST:6379 --num-cpus=0 --num-gpus=0`) and use auto, or the head's HOST:6379")
+
+
+def check_ray_address(v: Any) -> str | None:
+    """None for a usable pool address (auto, local where the caller allows it, HOST:PORT), else why not."""
+    if not isinstance(v, str) or not v.strip():
+        return "must be auto or the cluster's GCS address HOST:PORT"
+    if v.strip().lower().startswith("ray://"):
+        return RAY_CLIENT_REFUSED
+    return None
+
+
 def _check_latency(v: Any) -> str | None:
     if isinstance(v, str):
         return None if v in ("low", "high") else f"must be 'low', 'high' or seconds, not {v!r}"
@@ -286,8 +302,10 @@ class EngineSettings:
     kind: str = _f("local", choices=("local", "ray"),
                    doc="Where clips render: local (this machine's generation thread) or ray (a Ray Serve pool, "
                        "`livegen serve-pool`; the local models still load and render when the pool cannot).")
-    address: str = _f("auto", doc="kind ray: the cluster, e.g. ray://gpu-box:10001, or auto (RAY_ADDRESS / the "
-                                  "cluster started on this machine).")
+    address: str = _f("auto", check=check_ray_address,
+                      doc="kind ray: the cluster: auto (RAY_ADDRESS, or the cluster this machine is a node of) or "
+                          "the head's GCS address HOST:6379 (this machine a node of it); not ray:// (Ray Client "
+                          "cannot carry Serve's streaming calls).")
     deployment: str = _f("livegen", doc="kind ray: the pool's name (`livegen serve-pool --name`); one Serve "
                                         "application per model, named <deployment>-<model>.")
     remote_deadline: float = _f(20.0, min=0.1, max=3600.0,

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from livegen.cli import UsageError
+from livegen.settings import check_ray_address
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="write only the folder, not the cache")
     p.add_argument("--folder", type=Path, default=None, help="also write every clip as WAV + JSON into DIR")
     p.add_argument("--ray", metavar="ADDRESS", default=None,
-                   help="render on a Ray Serve pool (`livegen serve-pool`): ray://host:10001, auto, or "
-                        "'local' for a private cluster started for this run and stopped after")
+                   help="render on a Ray Serve pool (`livegen serve-pool`): auto (the cluster this machine "
+                        "is a node of), the head's HOST:6379, or 'local' for a private cluster started for "
+                        "this run and stopped after (not ray://: Ray Client cannot carry Serve's streams)")
     p.add_argument("--replicas", type=int, default=2, help="with --ray local: replicas to start (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning")
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--variations must be at least 1")
     if args.no_cache and args.folder is None:
         raise UsageError("--no-cache needs --folder: the clips must go somewhere")
+    if args.ray is not None and args.ray != "local" and (why := check_ray_address(args.ray)):
+        raise UsageError(f"--ray {args.ray} {why}")
     settings = _settings(args)
     cache = None
     if not args.no_cache:

@@ -25,9 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="settings file: its models (paths as seen on the cluster's "
                                                "machines), levels and fades")
     p.add_argument("--model", action="append", default=None, help="deploy only this model (repeatable)")
-    p.add_argument("--address", default="auto", help="the cluster: auto (RAY_ADDRESS or the one started on "
-                                                     "this machine), ray://host:10001, or local (a private "
-                                                     "cluster for as long as this command runs)")
+    p.add_argument("--address", default="auto", help="the cluster: auto (RAY_ADDRESS or the one this machine "
+                                                     "is a node of), the head's HOST:6379, or local (a private "
+                                                     "cluster for as long as this command runs); not ray://")
     p.add_argument("--name", default=None, help="the pool's name (default: the settings' engine.deployment)")
     p.add_argument("--replicas", type=int, default=1, help="replicas per model (default 1)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (a GPU box with mlx[cuda]: 1)")
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from livegen.cli.serve import check_weights, load
+    from livegen.settings import check_ray_address
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = load(argparse.Namespace(config=args.config, mapping=None, model=None, log_level=None, no_web=True))
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"no model {', '.join(unknown)} in the settings (have {', '.join(settings.models)})")
     if args.replicas < 1:
         raise UsageError("--replicas must be at least 1")
+    if args.address != "local" and (why := check_ray_address(args.address)):
+        raise UsageError(f"--address {args.address} {why}")
     check_weights(settings)
     try:
         from livegen.engine.ray_pool import deploy, ray_env
