@@ -6,11 +6,17 @@ mappings live outside the package tree (the repository's ``mappings/`` folder, w
 setuptools applies pyproject.toml over the arguments of ``setup()``, hence the package is added
 after the configuration has been read. tests/test_packaging.py builds a wheel and checks that it
 carries every livegen module and the mappings.
+
+It also builds ``livegen/output/_rtclock.c`` (the exact stream clock and master safety around
+rtmixer's callback) as a plain shared library: no Python API in it, loaded with cffi.dlopen by
+livegen/output/exact_mixer.py. The build is optional: without a C compiler the install goes on
+and the player runs rtmixer's callback directly (launches a few frames off, no master safety on
+that path; the status says which, ``audio.clock``).
 """
 
 from __future__ import annotations
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.dist import Distribution
 
 SHIPPED_MAPPINGS = "livegen.mappings"
@@ -23,4 +29,7 @@ class _Distribution(Distribution):
             self.packages = [*(self.packages or []), SHIPPED_MAPPINGS]
 
 
-setup(distclass=_Distribution)
+RTCLOCK = Extension("livegen.output._rtclock", sources=["livegen/output/_rtclock.c"], optional=True,
+                    extra_compile_args=["-O2"])
+
+setup(distclass=_Distribution, ext_modules=[RTCLOCK])

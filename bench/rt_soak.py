@@ -124,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             n += 1
         elapsed = time.monotonic() - t0
         st1 = daemon.query_status(client)
+        # the last clip was done, not yet launched: it starts on the next bar (choking its slot's
+        # loop there), so until then its slot has no sounding voice. Two bars at most (120 bpm).
+        settle = time.monotonic() + 4.5
+        while sorted(st1["audio"].get("slots_playing") or []) != [0, 1, 2, 3] and time.monotonic() < settle:
+            time.sleep(0.1)
+            st1 = daemon.query_status(client)
         xruns = jack_log.since(log_mark, ("livegen", "PortAudio", "livegen-probe"), rec.xruns)
     finally:
         if rec is not None:

@@ -403,6 +403,9 @@ class HostedPlayer:
         st = self._state
         if not self._alive() or st is None:
             return self.frame
+        cb = self._last_stats.get("clock_block")
+        if cb:  # the exact clock: a block's first frame and its callback's own time
+            return int(cb[0]) + self._offset + int(round((t - float(cb[1]) - float(cb[2])) * self.sample_rate))
         lat = float(self._last_stats.get("latency", 0.0) or 0.0)
         return st[0] + self._offset + int(round((t - st[1] - lat) * self.sample_rate))
 

@@ -61,6 +61,7 @@ _SILENT = np.zeros((1, 8), np.float32)  # the clock probe's one frame (8: the mo
 ACTION_QUEUE = 1024  # rtmixer's action and result queues (a power of two)
 ANCHOR_WINDOW = 12  # clock probes (0.5 s) whose earliest stamp anchors the clock
 STATS_PERIOD = 0.04  # seconds between two reads of the callback's counters (also the stall detector's ping)
+MASTER_CEILING = 1.0  # the master safety: nothing beyond full scale leaves the callback (as mixer.py)
 LOCK_WAIT = 0.2  # seconds the stream guard waits for the player's lock before it judges by the fetch's age
 
 
@@ -95,6 +96,8 @@ class RtPlayer:
         self._last_frame_time = time.monotonic()
         self._probe: Any = None
         self._anchors: list[float] = []  # DAC time of the stream's first frame, one per probe
+        self._mono_anchors: list[float] = []  # the exact clock: monotonic time of frame 0, one per read
+        self._block_clock: tuple[int, float, float] | None = None
         self._latency = 0.0
         self._voices: list[RtVoice] = []  # voices whose action the callback may still hold
         self._slots: dict[int, RtVoice] = {}  # the current voice of each slot
@@ -141,8 +144,16 @@ class RtPlayer:
 
         set_jack_client_name(getattr(self.settings, "client_name", None))
         before = jack_output_ports()
-        m = rtmixer.Mixer(channels=self.channels, samplerate=self.sample_rate, blocksize=self.blocksize,
-                          device=self.settings.device, latency=self.settings.latency, qsize=ACTION_QUEUE)
+        from livegen.output import exact_mixer
+
+        kw = dict(channels=self.channels, samplerate=self.sample_rate, blocksize=self.blocksize,
+                  device=self.settings.device, latency=self.settings.latency, qsize=ACTION_QUEUE)
+        if exact_mixer.available():  # the exact frame clock and the master safety in C
+            m = exact_mixer.ExactMixer(ceiling=MASTER_CEILING, **kw)
+        else:
+            log.warning("audio: rtmixer's callback without the exact clock (%s): launches land a few frames "
+                        "off and the master safety is not applied", exact_mixer.unavailable_reason())
+            m = rtmixer.Mixer(**kw)
         m.start()
         self.ports = rename_new_ports(before, self.channels)
         try:
@@ -162,6 +173,8 @@ class RtPlayer:
             self._stream_base = self._last_frame + gap if old else 0
             self._blocks_total = 0
             self._anchors = []
+            self._mono_anchors = []
+            self._block_clock = None
             self._latency = float(m.latency)
             self._m = m
             self._voices = []
@@ -243,6 +256,9 @@ class RtPlayer:
         m = self._m
         if m is None:
             return self._base
+        if getattr(m, "exact", False) and self._block_clock is not None:  # the blocks' own callback times
+            frame, mono, lat = self._block_clock
+            return self._stream_base + frame + int(round((t - mono - lat) * self.sample_rate))
         return self._frame_of(m.time + (t - time.monotonic()))
 
     def anchor_bar(self, frame: int) -> None:
@@ -516,6 +532,8 @@ class RtPlayer:
                     self._t0 = probe_t
             self._stats_act = None
             a = None
+        if getattr(self._m, "exact", False):
+            self._follow_block_clock(self._m)
         now = time.monotonic()
         if a is None and (self._external or now - self._stats_at >= STATS_PERIOD):
             enqueue_chain(self._m, self._clock_probe())
@@ -597,7 +615,36 @@ class RtPlayer:
             "latency": self._latency,
             "running": self.running,
             "stalled": bool(self.stalled),
+            **self._clock_stats(),
         }
+
+    def _clock_stats(self) -> dict[str, Any]:
+        """Which clock starts the voices, and the master safety's counts (exact clock only)."""
+        m = self._m
+        if m is None or not getattr(m, "exact", False):
+            return {"clock": "portaudio", "master_safety": False}
+        c = m.counters()
+        out = {"clock": "exact", "master_safety": True, "clipped_blocks": c["clipped_blocks"],
+               "non_finite_blocks": c["non_finite_blocks"]}
+        b = self._block_clock
+        if b is not None:  # a block's first frame, the monotonic time it began (the earliest estimate), latency
+            out["clock_block"] = [self._stream_base + b[0], b[1], b[2]]
+        return out
+
+    def _follow_block_clock(self, m: Any) -> None:
+        """The exact clock's (frame, monotonic time) pair, steadied: a callback can only start late,
+        so the earliest of the last ANCHOR_WINDOW blocks' (time - frame / rate) is the estimate; a
+        lasting step (cycles lost) is followed within three reads, as the PortAudio-time clock does."""
+        b = m._clock.block() if hasattr(m, "_clock") else None
+        if b is None:
+            return
+        frame, mono, lat = b
+        self._mono_anchors.append(mono - frame / self.sample_rate)
+        del self._mono_anchors[:-ANCHOR_WINDOW]
+        recent = self._mono_anchors[-3:]
+        if len(self._mono_anchors) > 3 and min(recent) - min(self._mono_anchors) > 0.5 * self.blocksize / self.sample_rate:
+            self._mono_anchors = recent
+        self._block_clock = (frame, min(self._mono_anchors) + frame / self.sample_rate, lat)
 
 
 def make_player(settings: AudioSettings, tempo: TempoSource | None = None) -> Any:

@@ -329,3 +329,14 @@ class FolderWatch:
         self.proc.wait(5)
         self._thread.join(5)
         return list(self.events)
+
+
+def exact_clock(daemon: Any, client: OscClient) -> bool:
+    """Whether the daemon's audio runs the exact frame clock (livegen/output/_rtclock.c, built at
+    install). Under LIVEGEN_REQUIRE_REALTIME (CI builds it) anything else fails the test."""
+    audio = daemon.query_status(client)["audio"]
+    exact = audio.get("clock") == "exact"
+    if not exact and os.environ.get("LIVEGEN_REQUIRE_REALTIME"):
+        pytest.fail(f"the daemon's audio runs without the exact clock ({audio.get('clock')!r}): "
+                    "livegen/output/_rtclock.c was not built", pytrace=False)
+    return exact

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from livegen.audio_io import match_channels, resample
-from tests.integration.conftest import DAEMON_CLIENTS, OscClient, Recorder
+from tests.integration.conftest import DAEMON_CLIENTS, OscClient, Recorder, exact_clock
 
 # frames: the join's measured precision on the quiet VM, -7..+4 (see the test); 2 periods when the
 # machine lost cycles in the window (as the bar-launch test, tests/integration/test_daemon_rt_audio.py)
@@ -103,6 +103,8 @@ def test_an_extension_follows_the_looping_clip_with_no_gap_or_overlap(daemon, cl
                if np.array_equal(audio[:, join - n + e:join + e][:, inner], a_s[:, inner])]
     print(f"the last pass ends {offsets} frames from the join; {xruns}")
     assert offsets, f"the clip's last pass is not in the recording within {tol} frames of the join"
+    if exact_clock(daemon, client) and not xruns.machine:  # the exact clock: the sample-exact join
+        assert 0 in offsets, offsets
     np.testing.assert_array_equal(audio[:, join + tol:join + b_s.shape[1]], b_s[:, tol:])
     assert _first(audio, a_s) < join - n  # it had looped before (the join is a loop end)
 

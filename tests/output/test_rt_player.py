@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import sounddevice as sd
 
+from livegen.output import exact_mixer
+from livegen.output.exact_mixer import OfflineExactMixer
 from livegen.output.feeder import LEAD_SECONDS
 from livegen.output.player import Player
 from livegen.output.rt_player import RtPlayer
@@ -20,10 +22,24 @@ SR = 44100
 BLOCK = 256
 
 
+MIXERS = {"rtmixer": OfflineMixer, "exact": OfflineExactMixer}  # rtmixer's callback alone, and through lg_callback
+_kind = ["rtmixer"]
+
+
+@pytest.fixture(autouse=True, params=sorted(MIXERS))
+def mixer_kind(request):
+    """Every comparison runs on both callbacks: rtmixer's alone and inside the exact clock."""
+    if request.param == "exact" and not exact_mixer.available():
+        pytest.skip(f"the exact clock was not built: {exact_mixer.unavailable_reason()}")
+    _kind[0] = request.param
+    yield request.param
+    _kind[0] = "rtmixer"
+
+
 def _pair(channels=2, fade_ms=2.0):
     st = AudioSettings(blocksize=BLOCK, voices=16, fade_ms=fade_ms, channels=channels)
     tp = TempoSettings(bpm=120, beats_per_bar=4)
-    m = OfflineMixer(channels, SR, BLOCK)
+    m = MIXERS[_kind[0]](channels, SR, BLOCK)
     rt = RtPlayer(st, tp, mixer=m)
     rt.start()
     return rt, m, Player(st, tp)
