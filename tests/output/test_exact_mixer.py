@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 import pytest
-import sounddevice as sd
 
 from livegen.output import exact_mixer
 from livegen.output.exact_mixer import OfflineExactMixer
 from livegen.output.player import Player
 from livegen.output.rt_player import RtPlayer
 from livegen.settings import AudioSettings, TempoSettings
+from tests.output.test_rt_player import _run  # the same block-by-block comparison
 
 SR = 44100
 BLOCK = 256
@@ -31,20 +31,6 @@ def _players(channels: int = 2):
     rt = RtPlayer(st, tp, mixer=m)
     rt.start()
     return rt, m, Player(st, tp)
-
-
-def _run(rt, m, py, blocks: int, script: dict | None = None):
-    out_rt, out_py = [], []
-    blk = np.zeros((BLOCK, py.channels), np.float32)
-    for i in range(blocks):
-        for p in (rt, py):
-            if script and i in script:
-                script[i](p)
-        rt.pump()
-        out_rt.append(m.render(BLOCK))
-        py.callback(blk, BLOCK, None, sd.CallbackFlags())
-        out_py.append(blk.copy())
-    return np.concatenate(out_rt), np.concatenate(out_py)
 
 
 def test_the_library_matches_its_declaration():
