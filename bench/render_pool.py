@@ -7,7 +7,9 @@ replicas on this machine, and the overhead of one remote clip vs the same clip r
 
 Both sides render the same requests (distinct seeds) with the daemon's worker; the pool's clips
 are checked equal to the local ones, sample for sample. The pool is a private cluster
-(``ray.init()``) started here and stopped after. Writes bench/results/render-pool.json.
+(``ray.init()``) started here and stopped after: run it inside a network namespace with only
+``lo`` (``ip netns exec``, see docs/benchmarks.md), since a cluster of several processes binds the
+machine's external address otherwise. Writes bench/results/render-pool.json.
 """
 
 from __future__ import annotations
