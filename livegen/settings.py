@@ -238,7 +238,7 @@ class AudioSettings:
     channels: int = _f(2, min=1, max=8, doc="Output channels.")
     blocksize: int = _f(256, min=0, max=8192, doc="Frames per callback (0: let the host choose).")
     latency: str | float = _f("low", check=_check_latency, doc="'low', 'high' or seconds.")
-    voices: int = _f(16, min=1, max=256, doc="Voices mixed at once (one per slot).")
+    voices: int = _f(16, min=1, max=256, doc="Clips sounding at once (one per slot); past it the oldest other slot's fades out.")
     ring_seconds: float = _f(4.0, min=0.1, max=120.0, doc="Capacity of a streaming voice's ring buffer.")
     stream: bool = _f(True, doc="Uncached play requests sound while they are generated (Stable Audio VAE tiles, "
                                 "MusicGen bursts); false: a clip plays once it is complete. Cached pads always play "

@@ -110,6 +110,7 @@ class RtPlayer:
         self._stats_act: Any = None
         self._stats_at = 0.0
         self.misses = 0  # voices whose ring ran dry (restarted)
+        self.stolen = 0  # clips faded out for a new one past audio.voices
         self.stalled = False  # set by the stream guard
         self.guard: Any = None
         self.stream_errors = 0
@@ -311,6 +312,22 @@ class RtPlayer:
         v.cut_at = at
         return items
 
+    def _steal_for(self, slot: int, start: int) -> list[tuple[Any, Any]]:
+        """``audio.voices`` at most sound at once: a new clip in ``slot`` from ``start`` takes the
+        place of the oldest other slot's clip still sounding then, which fades out from ``start``
+        (a cut with its tail, never a click; counted in ``voices_stolen``)."""
+        others = [v for s, v in self._slots.items() if s != slot and v.cut_at is None and _sounds_at(v, start)]
+        items: list[tuple[Any, Any]] = []
+        while others and len(others) + 1 > int(self.settings.voices):
+            victim = min(others, key=self._voices.index)
+            items += self._cut(victim, start)
+            self._slots.pop(victim.slot, None)
+            others.remove(victim)
+            self.stolen += 1
+            log.info("voice limit (%d): slot %d's clip fades out for slot %d's", self.settings.voices, victim.slot,
+                     slot)
+        return items
+
     def _sounding(self, slot: int) -> list[RtVoice]:
         return [v for v in self._voices if v.slot == slot]
 
@@ -351,6 +368,7 @@ class RtPlayer:
                     choked = True
             else:
                 choked = choked or old.cut_at + self.fade > start
+        items += self._steal_for(slot, start)
         v, item = self._new_voice(slot, buf, start, loop, gain, choked, approx=approx, stream=stream)
         enqueue_chain(self._m, [item] + items)
         self._voices.append(v)
@@ -607,6 +625,7 @@ class RtPlayer:
             "slot_levels": levels,
             "slot_positions": positions,
             "voices_active": voices,
+            "voices_stolen": self.stolen,
             "misses": self.misses,
             "stream_errors": self.stream_errors,
             "ports": list(self.ports),
@@ -662,6 +681,11 @@ def make_player(settings: AudioSettings, tempo: TempoSource | None = None) -> An
     from livegen.output.audio_host import HostedPlayer
 
     return HostedPlayer(settings, tempo)
+
+
+def _sounds_at(v: RtVoice, frame: int) -> bool:
+    """Whether ``v`` still sounds at ``frame`` (a loop or a stream: until it is cut)."""
+    return v.loop or v.stream is not None or v.start + v.length - v.offset > frame
 
 
 def _ends_at(v: RtVoice, frame: int) -> bool:
