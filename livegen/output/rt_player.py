@@ -286,10 +286,12 @@ class RtPlayer(StreamClock):
         """``audio.voices`` at most sound at once: a new clip in ``slot`` from ``start`` takes the
         place of the oldest other slot's clip still sounding then, which fades out from ``start``
         (a cut with its tail, never a click; counted in ``voices_stolen``)."""
-        others = [v for s, v in self._slots.items() if s != slot and v.cut_at is None and _sounds_at(v, start)]
+        order = {id(v): i for i, v in enumerate(self._voices)}  # a slot's voice whose action is done is not here
+        others = [v for s, v in self._slots.items()
+                  if s != slot and v.cut_at is None and id(v) in order and _sounds_at(v, start)]
         items: list[tuple[Any, Any]] = []
         while others and len(others) + 1 > int(self.settings.voices):
-            victim = min(others, key=self._voices.index)
+            victim = min(others, key=lambda v: order[id(v)])
             items += self._cut(victim, start)
             self._slots.pop(victim.slot, None)
             others.remove(victim)

@@ -64,3 +64,22 @@ def test_clips_that_ended_do_not_count():
     out = _render(rt, m, 20)
     assert np.allclose(out[-BLOCK:], 0.6, atol=1e-6)
     assert rt.stats()["voices_stolen"] == 0
+
+
+def test_a_finished_stream_voice_left_in_its_slot_is_not_counted():
+    """Regression (CI request storm, 2026-12-02): a stream voice whose action had ended stayed its
+    slot's voice; the next clip past the limit looked it up among the live voices and raised
+    ``ValueError: <RtVoice> is not in list`` (the stream's start failed, the clip went unheard)."""
+    rt, m = _player(voices=2)
+    _render(rt, m, 2)
+    sv = rt.open_stream(0, gain=1.0)
+    sv.write(np.full((1, 2 * BLOCK), 0.1, np.float32))
+    sv.close()
+    sv.start("now", at_frame=rt.frame + BLOCK)
+    _render(rt, m, 200)  # the stream plays, its silence runs out, its action ends
+    assert all(v.stream is None for v in rt._voices) and rt._slots.get(0) is not None
+    rt.schedule(1, _dc(0.2), loop=True, launch="now", at_frame=rt.frame + BLOCK)
+    rt.schedule(2, _dc(0.4), loop=True, launch="now", at_frame=rt.frame + 2 * BLOCK)
+    out = _render(rt, m, 20)
+    assert np.allclose(out[-BLOCK:], 0.6, atol=1e-6)
+    assert rt.stats()["voices_stolen"] == 0
