@@ -191,16 +191,16 @@ def test_the_player_and_read_audio_use_it(tmp_path):
     np.testing.assert_array_equal(audio[0], want[0])
 
 
-def test_resampling_does_not_hold_the_gil():
-    """The daemon resamples MusicGen clips on a worker thread while the OSC/MIDI threads run."""
-    x = np.random.default_rng(0).standard_normal((2, 60 * 32000)).astype(np.float32)  # 60 s stereo
+def longest_wait(work, period: float = 0.0005) -> tuple[float, float]:
+    """Run ``work()``; returns (the longest a Python ticker thread sleeping ``period`` between
+    ticks waited meanwhile (for the GIL), how long ``work`` took)."""
     gaps: list[float] = []
     stop = threading.Event()
 
     def tick() -> None:
         last = time.perf_counter()
         while not stop.is_set():
-            time.sleep(0.0005)
+            time.sleep(period)
             now = time.perf_counter()
             gaps.append(now - last)
             last = now
@@ -210,13 +210,20 @@ def test_resampling_does_not_hold_the_gil():
     time.sleep(0.02)
     try:
         start = time.perf_counter()
-        resample(x, 32000, 44100)
+        work()
         took = time.perf_counter() - start
     finally:
         stop.set()
         ticker.join()
+    return max(gaps), took
+
+
+def test_resampling_does_not_hold_the_gil():
+    """The daemon resamples MusicGen clips on a worker thread while the OSC/MIDI threads run."""
+    x = np.random.default_rng(0).standard_normal((2, 60 * 32000)).astype(np.float32)  # 60 s stereo
+    waited, took = longest_wait(lambda: resample(x, 32000, 44100))
     # a call that held the GIL would stall the ticker for about as long as it ran (~0.1 s)
-    assert max(gaps) < max(0.5 * took, 0.02), (max(gaps), took)
+    assert waited < max(0.5 * took, 0.02), (waited, took)
 
 
 def test_resampling_in_pieces_equals_one_call_and_keeps_gil_holds_short():
@@ -230,32 +237,9 @@ def test_resampling_in_pieces_equals_one_call_and_keeps_gil_holds_short():
     np.testing.assert_array_equal(resample(x[0], 32000, 44100), whole[0])
     short = x[:, : RESAMPLE_CHUNK_FRAMES // 2]
     np.testing.assert_array_equal(resample(short, 32000, 44100), resample(short, 32000, 44100, chunk_frames=None))
-    def longest_wait(chunk_frames: int | None) -> float:
-        """The longest a Python ticker thread waited (for the GIL) while ``x`` was resampled."""
-        gaps: list[float] = []
-        stop = threading.Event()
-
-        def tick() -> None:
-            last = time.perf_counter()
-            while not stop.is_set():
-                time.sleep(0.0002)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
-
-        ticker = threading.Thread(target=tick)
-        ticker.start()
-        time.sleep(0.02)
-        try:
-            resample(x, 32000, 44100, chunk_frames=chunk_frames)
-        finally:
-            stop.set()
-            ticker.join()
-        return max(gaps)
-
     # One call on these 30 s held the GIL ~30 ms with the soxr the pieces were made for (10.6 ms for
     # 10 s); a piece ~4 ms. 20 ms tells the two apart and leaves room for a loaded machine's
     # scheduling delays (10.02 ms was seen in CI against a bound of 10 ms, with other tests running
     # beside). Newer soxr releases the GIL inside a call as well (~0.4 ms measured with 1.1.0).
-    pieces = longest_wait(RESAMPLE_CHUNK_FRAMES)
+    pieces, _ = longest_wait(lambda: resample(x, 32000, 44100), period=0.0002)
     assert pieces < 0.020, pieces
