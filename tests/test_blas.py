@@ -65,6 +65,34 @@ def test_optimised_blas_is_loaded_and_outputs_are_unchanged():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+AVX2_ONLY = "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi2\n"  # the AMD EPYC VM that died of SIGILL
+
+
+def test_cpu_flags_read_from_cpuinfo():
+    assert _blas.cpu_flags("processor\t: 0\n" + AVX2_ONLY) >= {"avx2", "fma"}
+    assert _blas.cpu_flags("no flags here\n") == frozenset()
+
+
+@pytest.mark.parametrize(("config", "missing"), [
+    # cmeel-openblas 0.3.31 (a SKYLAKEX-only build) on an AVX2 machine: the first GEMM died of SIGILL
+    ("OpenBLAS 0.3.31 NO_AFFINITY SKYLAKEX MAX_THREADS=4", {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}),
+    ("OpenBLAS 0.3.29 NO_AFFINITY ZEN MAX_THREADS=4", set()),
+    ("OpenBLAS 0.3.29 NO_AFFINITY HASWELL MAX_THREADS=64", set()),
+    ("OpenBLAS 0.3.31 DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64", set()),  # picks kernels at run time
+    ("OpenBLAS 0.3.31 NO_AFFINITY NEHALEM MAX_THREADS=4", set()),
+])
+def test_a_build_for_a_cpu_without_its_instructions_is_told(config, missing):
+    assert _blas.missing_for(config, _blas.cpu_flags(AVX2_ONLY)) == missing
+    assert _blas.missing_for(config, frozenset()) == frozenset()  # nothing known of the CPU: trusted
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS preload is Linux-only")
+def test_the_installed_build_runs_here_or_is_left_out_with_the_reason():
+    out = _run({})  # the subprocess dies of SIGILL when a build this CPU cannot run is made global
+    if out["blas"] is None and "needs CPU instructions" in out["reason"]:
+        assert "MLX keeps its reference BLAS" in out["reason"]
+
+
 def test_status_reports_a_reason():
     path, reason = _blas.status()
     assert reason
