@@ -1,7 +1,8 @@
 """The browser control surface against the real daemon (JACK dummy, tiny model), driven by a real
 headless Chromium (Debian's `chromium`, through Playwright for Python; no browser download).
 
-A pad click shows queued, rendering and playing and the clip appears in the list; a CC over JACK
+A pad click shows queued, rendering and playing, the JACK recorder hears it (and silence after a
+long press stops it) and the clip appears in the list; a CC over JACK
 MIDI moves the slider; a slider moved in the page is echoed to OSC subscribers; a prompt edit
 rewrites the mapping file (comments kept) and the next hit renders it; an invalid edit shows the
 file:line sentence and keeps the old mapping; a foreign Host or Origin (also from a real page
@@ -20,10 +21,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import require_or_skip
-from tests.integration.conftest import OscClient, start_daemon, stop_daemon
+from tests.integration.conftest import OscClient, portaudio_ports, start_daemon, stop_daemon, wait_new_ports
+from tests.integration.jack_recorder import Recorder
 
 pytestmark = pytest.mark.realtime
 
@@ -87,9 +90,11 @@ def web_daemon(jack_server, tiny_model, tmp_path_factory):
     except ImportError as exc:
         require_or_skip("LIVEGEN_REQUIRE_REALTIME", f"Playwright for Python is not installed: {exc}")
     port = free_tcp_port()
+    before = portaudio_ports()
     d = start_daemon(tmp_path_factory.mktemp("web"), tiny_model, midi_port=MIDI_NAME, mapping_text=MAPPING,
                      web_port=port)
     d.web_port = port  # type: ignore[attr-defined]
+    d.ports = wait_new_ports(before)  # type: ignore[attr-defined]  (its audio output, for the recorder)
     d.url = f"http://127.0.0.1:{port}/"  # type: ignore[attr-defined]
     try:
         yield d
@@ -127,12 +132,16 @@ def page(browser, web_daemon):
 def record_states(page, pad: int) -> None:
     page.evaluate("""(pad) => {
         window.seenStates = [];
+        window.seenTexts = [];
         const el = document.getElementById(`pad-${pad}`);
         window.seenStates.push(el.dataset.state);
         new MutationObserver(() => {
             const s = el.dataset.state;
             if (window.seenStates[window.seenStates.length - 1] !== s) window.seenStates.push(s);
-        }).observe(el, {attributes: true, attributeFilter: ["data-state"]});
+            const t = el.querySelector(".status").textContent;
+            if (window.seenTexts[window.seenTexts.length - 1] !== t) window.seenTexts.push(t);
+        }).observe(el, {attributes: true, attributeFilter: ["data-state"], subtree: true, childList: true,
+                        characterData: true});
     }""", pad)
 
 
@@ -154,22 +163,32 @@ def test_pad_click_shows_queued_rendering_playing_and_the_clip(page, web_daemon)
 
     mark = web_daemon.status.mark()
     record_states(page, 0)
+    rec = Recorder(list(web_daemon.ports), 20.0, name="lgwebrec")  # records only while the page says playing
     page.locator("#pad-0 .prompt").click()
     ack = web_daemon.status.wait("/livegen/ack", mark, timeout=30, where=lambda p: p[1] == "queued: looping pad zero")
     done = web_daemon.status.wait("/livegen/done", mark, timeout=120, where=lambda p: p[0] == ack.params[0])
     expect(page.locator("#pad-0")).to_have_attribute("data-state", "playing", timeout=20_000)
     seen = page.evaluate("window.seenStates")
     assert is_subsequence(["idle", "queued", "rendering", "playing"], seen), seen
+    texts = page.evaluate("window.seenTexts")
+    assert any(re.fullmatch(r"rendering [0-3]/3", t) for t in texts), texts  # the sampler's step progress
     # while it plays: a level meter that moves with the clip, and the place in the loop
     meter = page.locator("#pad-0 .meter")
     expect(meter).to_be_visible()
     expect(page.locator("#pad-0 .status")).to_have_text(re.compile(r"^playing \d+\.\d / 0\.3 s$"))
     levels, places = set(), set()
+    rec.recording = True
     for _ in range(25):
         levels.add(float(meter.get_attribute("data-level")))
         places.add(page.locator("#pad-0 .status").text_content())
         page.wait_for_timeout(100)
+    rec.recording = False
+    heard = rec.close()
     assert max(levels) > 0 and len(places) >= 2, (levels, places)
+    # the JACK recorder hears the clip the page shows playing: the loop sounds all through
+    sounding = np.abs(heard).max(axis=0)
+    assert heard.shape[1] > 0 and np.count_nonzero(sounding > 1e-6) > 0.9 * heard.shape[1], \
+        f"the playing pad was not heard on the JACK graph ({np.count_nonzero(sounding > 1e-6)} of {heard.shape[1]} frames)"
     page.screenshot(path=str(Path(web_daemon.folder).parent / "surface.png"))  # docs/web-surface.png is one
     name = Path(done.params[1]).name
     clip = page.locator("#clips li").first
@@ -191,6 +210,11 @@ def test_pad_click_shows_queued_rendering_playing_and_the_clip(page, web_daemon)
     expect(page.locator("#pad-0")).to_have_attribute("data-state", "idle", timeout=10_000)
     expect(meter).to_be_hidden()
     web_daemon.status.wait("/livegen/ack", mark, timeout=10, where=lambda p: p[1] == "stopped slot 0")
+    page.wait_for_timeout(300)  # past the stop's fade
+    after = Recorder(list(web_daemon.ports), 2.0, name="lgwebrec2", recording=True)
+    page.wait_for_timeout(500)
+    quiet = after.close()
+    assert quiet.shape[1] > 0 and float(np.abs(quiet).max()) == 0.0, "the stopped pad is still heard"
 
 
 def test_a_cc_over_jack_midi_moves_the_slider(page, web_daemon):
