@@ -10,8 +10,9 @@ Every value set is harmless (1-3 steps, short clips); the parameters touched are
 storm and restored after it.
 
 Measured: messages sent and the rate reached; replies by kind; ``worker.queued`` from a status
-probe every ``--status-every`` messages (must stay <= ``worker.queue_size``; status latency
-p50/p99 from the same probes); the daemon's RSS (``/proc/PID/status`` VmRSS) once a second, its
+probe every ``--status-interval`` seconds (0.1) from a thread of its own, so a slow answer slows
+the probes, not the storm (must stay <= ``worker.queue_size``; status latency p50/p99 from the
+same probes); the daemon's RSS (``/proc/PID/status`` VmRSS) once a second, its
 growth measured from the end of a warm-up (``--warmup`` seconds, default a fifth of the run) to
 the end and to the maximum; daemon alive; then a normal request after the storm: its
 ``/livegen/done`` and the daemon's ``clips_played`` growing (it played). Exit status 0 when the
@@ -25,6 +26,7 @@ import argparse
 import json
 import random
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -146,25 +148,50 @@ def storm_message(rng: random.Random, pad_address: str | None) -> tuple[str, byt
     return "generate", _msg("/livegen/generate", "sif", "storm pad", rng.randrange(1000), 0.05)
 
 
+def _probe_queue(probe: Peer, port: int, pid: int | None, interval: float, stop: threading.Event,
+                 report: StormReport, latencies: list[float]) -> None:
+    """Status probes every ``interval`` seconds (or right after a slower answer) until ``stop``."""
+    next_at = time.monotonic()
+    while not stop.is_set():
+        report.probes += 1
+        st, latency = _status(probe, port)
+        if st is not None:
+            report.probes_answered += 1
+            latencies.append(latency)
+            report.queued_samples += 1
+            report.queued_max = max(report.queued_max, int(st["worker"].get("queued", 0)))
+        elif not _alive(pid):
+            stop.set()
+            return
+        next_at += interval
+        stop.wait(max(0.0, next_at - time.monotonic()))
+        next_at = max(next_at, time.monotonic())
+
+
 def run_storm(port: int, seconds: float, rate: float = 1000.0, pid: int | None = None, seed: int = 1,
-              status_every: int = 100, warmup: float | None = None, pad_address: str | None = None,
+              status_interval: float = 0.1, warmup: float | None = None, pad_address: str | None = None,
               rss_limit: float = 5.0, out=None) -> StormReport:
     rng = random.Random(seed)
     storm, probe = Peer("storm"), Peer("probe")
     report = StormReport(rss_limit_pct=rss_limit)
     report.warmup_s = seconds / 5 if warmup is None else warmup
     latencies: list[float] = []
+    stop = threading.Event()
+    prober: threading.Thread | None = None
     try:
         saved = {p: _get(probe, port, p) for p in SETTINGS}
         first, _ = _status(probe, port, 5.0)
         if first is None:
             raise SystemExit(f"the daemon on 127.0.0.1:{port} does not answer /livegen/status")
         report.queue_size = first["worker"].get("queue_size")
+        prober = threading.Thread(target=_probe_queue, name="storm-probe", daemon=True,
+                                  args=(probe, port, pid, status_interval, stop, report, latencies))
         t0 = time.monotonic()
+        prober.start()
         next_rss = t0
         period = 1.0 / rate
         i = 0
-        while True:
+        while not stop.is_set():
             now = time.monotonic()
             if now - t0 >= seconds:
                 break
@@ -176,16 +203,6 @@ def run_storm(port: int, seconds: float, rate: float = 1000.0, pid: int | None =
             lag = t0 + i * period - now
             if lag > 0:
                 time.sleep(lag)
-            if i % status_every == 0:
-                report.probes += 1
-                st, latency = _status(probe, port)
-                if st is not None:
-                    report.probes_answered += 1
-                    latencies.append(latency)
-                    report.queued_samples += 1
-                    report.queued_max = max(report.queued_max, int(st["worker"].get("queued", 0)))
-                elif not _alive(pid):
-                    break
             kind, data = storm_message(rng, pad_address)
             if storm.send(port, data):
                 report.sent += 1
@@ -195,6 +212,8 @@ def run_storm(port: int, seconds: float, rate: float = 1000.0, pid: int | None =
             i += 1
             if out is not None and i % 10000 == 0:
                 print(f"  {i} messages, {time.monotonic() - t0:.0f} s", file=out, flush=True)
+        stop.set()
+        prober.join(5.0)
         report.seconds = time.monotonic() - t0
         report.rate = report.sent / report.seconds if report.seconds else 0.0
         rss = _rss_kb(pid)
@@ -230,6 +249,9 @@ def run_storm(port: int, seconds: float, rate: float = 1000.0, pid: int | None =
             for r in storm.replies:
                 report.replies[r.address] = report.replies.get(r.address, 0) + 1
     finally:
+        stop.set()
+        if prober is not None:
+            prober.join(5.0)
         storm.close()
         probe.close()
     report.daemon_alive = _alive(pid) and report.probes_answered > 0
@@ -255,13 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="messages per second")
     p.add_argument("--pid", type=int, help="the daemon's PID (alive check, RSS)")
     p.add_argument("--warmup", type=float, help="seconds before the RSS baseline (default: a fifth of the run)")
-    p.add_argument("--status-every", type=int, default=100, help="a status probe every N messages")
+    p.add_argument("--status-interval", type=float, default=0.1, help="seconds between status probes")
     p.add_argument("--pad-address", help="a mapping rule's generate address with {pad}, e.g. /test/pad/{pad}")
     p.add_argument("--rss-limit", type=float, default=5.0, help="allowed RSS growth after the warm-up, percent")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="write the report here as JSON")
     a = p.parse_args(argv)
-    report = run_storm(a.port, a.seconds, a.rate, a.pid, a.seed, a.status_every, a.warmup, a.pad_address,
+    report = run_storm(a.port, a.seconds, a.rate, a.pid, a.seed, a.status_interval, a.warmup, a.pad_address,
                        a.rss_limit, out=sys.stderr)
     print(report.text())
     if a.json:
