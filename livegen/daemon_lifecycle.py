@@ -15,6 +15,7 @@ from livegen.control import osc_verbs as verbs
 from livegen.engine.backend import build_backend
 from livegen.engine.loaders import check_audio_device, worker_options
 from livegen.mapping import Mapper, MidiEvent
+from livegen.output.stream_delivery import launch_time_at_or_after
 from livegen.session import Session
 
 log = logging.getLogger("livegen.daemon")
@@ -129,7 +130,8 @@ class DaemonLifecycle:
 
         t = time.monotonic()
         options = worker_options(s)  # the same as `livegen render`'s and the pool replicas': the same clips
-        self.worker = build_backend(s, self.loaders, options, self._on_worker, asyncio.get_running_loop())
+        self.worker = build_backend(s, self.loaders, options, self._on_worker, asyncio.get_running_loop(),
+                                    launch_time=lambda launch, at: launch_time_at_or_after(self.player, at, launch))
         self.worker.start()
         ready = asyncio.ensure_future(self._ready.wait())
         stop = asyncio.ensure_future(self._stop.wait())

@@ -309,7 +309,8 @@ class EngineSettings:
     deployment: str = _f("livegen", doc="kind ray: the pool's name (`livegen serve-pool --name`); one Serve "
                                         "application per model, named <deployment>-<model>.")
     remote_deadline: float = _f(20.0, min=0.1, max=3600.0,
-                                doc="kind ray: seconds a remote clip may take before it is rendered here instead.")
+                                doc="kind ray: seconds a remote clip may take before it is rendered here instead, extended to the "
+                                    "launch point it is meant for (the request's next beat or bar after them).")
     remote_start: float = _f(2.0, min=0.05, max=600.0,
                              doc="kind ray: seconds for the pool to start a clip (else it counts as overloaded and "
                                  "the clip renders here).")

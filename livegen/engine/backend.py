@@ -58,11 +58,14 @@ class EngineBackend(Protocol):
 
 
 def build_backend(settings: Any, loaders: dict[str, Callable[[], Any]], options: wk.WorkerOptions,
-                  notify: Callable[[wk.WorkerEvent], None], loop: Any) -> EngineBackend:
+                  notify: Callable[[wk.WorkerEvent], None], loop: Any,
+                  launch_time: Callable[[str, float], float] | None = None) -> EngineBackend:
     """The backend ``engine.kind`` asks for. ``ray`` needs the ``livegen[ray]`` extra; the pool is
-    connected in the background, so a cluster that is down delays nothing (clips render here)."""
+    connected in the background, so a cluster that is down delays nothing (clips render here).
+    ``launch_time(launch, t)``: the time of the first launch point at or after ``t`` (a remote job's
+    deadline is the launch point it is meant for)."""
     if settings.engine.kind == "ray":
         from livegen.engine.pooled import PooledEngine
 
-        return PooledEngine(settings, loaders, options, notify, loop)
+        return PooledEngine(settings, loaders, options, notify, loop, launch_time)
     return wk.Worker(loaders, options, notify, loop)

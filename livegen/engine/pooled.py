@@ -4,8 +4,12 @@
 generation worker (which loads the models as always). A request goes to the pool when the pool is
 connected (through the bridge process, livegen.engine.ray_bridge: the daemon never imports Ray),
 with its seed chosen here, so a clip rendered here instead is the very clip the pool would have
-made. A remote job has a deadline, ``engine.remote_deadline`` seconds, and a start limit,
-``engine.remote_start``; when the pool is unreachable, does not start the job in time
+made. A remote job has a deadline: the launch point it is meant for, the first one of the
+request's launch (now/beat/bar, on the player's grid) at or after ``engine.remote_deadline``
+seconds from the trigger (a clip complete by then sounds at that point, exactly when one that came
+in earlier within the same beat or bar would); without a player (a folder-only daemon) or for
+``launch: now`` the deadline is the trigger plus ``engine.remote_deadline``. A remote job also has
+a start limit, ``engine.remote_start``; when the pool is unreachable, does not start the job in time
 (overloaded), is late, or loses the job (a replica or the whole cluster gone), the job is
 rendered by the local worker, under the same job id, and the daemon is told (a ``fallback``
 event: an ack to the requester saying why, a warning in the log, counts in the status). Nothing
@@ -21,6 +25,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,14 +49,17 @@ class _RemoteJob:
     began: bool = False  # the sink got audio: a fallback renders without it
     timer: Any = None
     done: bool = False
+    deadline: float = 0.0  # time.monotonic() by which the clip must be complete
+    meant_for: str = ""  # the launch point the deadline is, in words
 
 
 class PooledEngine:
     """See the module doc. Public methods are called on the daemon's loop (as the Worker's are)."""
 
     def __init__(self, settings: Any, loaders: dict[str, Any], options: wk.WorkerOptions, notify: Any,
-                 loop: Any) -> None:
+                 loop: Any, launch_time: Callable[[str, float], float] | None = None) -> None:
         self.settings = settings
+        self._launch_time = launch_time  # (launch, t) -> the time of the first launch point >= t
         self._notify = notify
         self._loop = loop
         self.local = wk.Worker(loaders, options, self._on_local, loop)
@@ -119,13 +127,15 @@ class PooledEngine:
         job = wk.Job(id=self.local.reserve_id(), request=request, submitted=time.monotonic(), sink=sink)
         remote = _RemoteJob(job, f"{self._prefix}-{job.id}-{next(self._seq)}")
         e = self.settings.engine
-        message = ("submit", remote.key, _request_dict(request), sink is not None, e.remote_start, e.remote_deadline)
+        remote.deadline, remote.meant_for = self.deadline(request.launch, job.submitted)
+        seconds = max(0.0, remote.deadline - time.monotonic())
+        message = ("submit", remote.key, _request_dict(request), sink is not None, e.remote_start, seconds)
         if not self._bridge.send(message):
             self._lost("the Ray bridge process is gone")
             return self.local.submit(request, sink=sink)
         self._remote[job.id] = remote
         self._by_key[remote.key] = remote
-        remote.timer = self._loop.call_later(e.remote_deadline + 1.0, self._overdue, remote)
+        remote.timer = self._loop.call_later(seconds + 1.0, self._overdue, remote)
         self.counts["remote"] += 1
         self._emit(wk.WorkerEvent(wk.QUEUED, job.id, request))
         return job, replaced
@@ -145,11 +155,28 @@ class PooledEngine:
         out = [j for j in ids if self.cancel(j)]
         return out + [self._fallback_ids.get(i, i) for i in self.local.cancel_slot(slot)]
 
+    def deadline(self, launch: str, submitted: float) -> tuple[float, str]:
+        """A remote job's deadline (``time.monotonic()``) and the launch point it is, in words:
+        the first ``launch`` point at or after ``engine.remote_deadline`` seconds from ``submitted``."""
+        budget = float(self.settings.engine.remote_deadline)
+        earliest = submitted + budget
+        at = earliest
+        if self._launch_time is not None and launch != "now":
+            try:
+                at = max(earliest, float(self._launch_time(launch, earliest)))
+            except Exception:  # noqa: BLE001 - no grid to go by: the budget alone
+                log.debug("no launch point for the deadline", exc_info=True)
+        if at > earliest:
+            return at, f"its {launch} {at - submitted:.1f} s after the trigger"
+        return at, f"{budget:g} s after the trigger (engine.remote_deadline)"
+
     def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
         pool = {"kind": "ray", "state": self.state, "address": self.settings.engine.address,
                 "deployment": self.settings.engine.deployment, "replicas": dict(self.replicas),
                 "error": self.error, "remote_running": len(self._remote), **self.counts,
-                "last_fallback": self.last_fallback}
+                "last_fallback": self.last_fallback,
+                "deadlines": {str(j): round(r.deadline - now, 2) for j, r in self._remote.items()}}
         return {**self.local.stats(), "pool": pool}
 
     def close(self, finish_running: bool | None = None, timeout: float = 1.5) -> bool:
@@ -229,6 +256,8 @@ class PooledEngine:
                 self.counts["remote_failed"] += 1
                 self._emit(wk.WorkerEvent(wk.FAILED, job.id, job.request, reason=reason, model=job.request.model))
             else:
+                if kind == "late":
+                    reason = f"{reason}, {remote.meant_for}"
                 self._fall_back(remote, reason)
                 if kind in ("unavailable", "lost") and self.state == "connected":
                     self._lost(reason)
@@ -245,7 +274,7 @@ class PooledEngine:
     def _overdue(self, remote: _RemoteJob) -> None:
         if not remote.done:  # the bridge did not answer in time (hung, or a cluster in trouble)
             self._bridge.send(("cancel", remote.key))
-            self._fall_back(remote, "the pool's clip was not ready by its deadline")
+            self._fall_back(remote, f"the pool's clip was not ready by its deadline, {remote.meant_for}")
 
     def _lost(self, reason: str) -> None:
         self.state, self.error = "unavailable", reason

@@ -119,6 +119,20 @@ def launch_at_or_after(player: Any, frame: int, launch: str) -> int:
                                        int(getattr(player, "origin", 0)))
 
 
+def launch_time_at_or_after(player: Any, t: float, launch: str) -> float:
+    """The monotonic time of the first ``launch`` point heard at or after monotonic time ``t``
+    (``t`` itself for ``now``, without a player or when the player cannot tell)."""
+    if player is None or launch == "now":
+        return t
+    try:
+        frame = int(player.frame_at(t))
+        at = launch_at_or_after(player, frame, launch)
+        return t + max(0, at - frame) / float(player.sample_rate)
+    except Exception:  # noqa: BLE001 - an audio process gone or restarting: no grid to go by
+        log.debug("no launch grid for %s", launch, exc_info=True)
+        return t
+
+
 def _block(player: Any) -> int:
     settings = getattr(player, "settings", None)
     return max(1, int(getattr(settings, "blocksize", 256) or 256))
