@@ -158,7 +158,8 @@ class Feedback:
         board = self._board
         return {"ports": list(out.port_names) if out is not None else [], "sent": out.sent if out is not None else 0,
                 "failed": out.failed if out is not None else 0, "coalesced": board.coalesced if board else 0,
-                "waiting": len(board.queue) if board else 0, "problem": self.problem}
+                "waiting": len(board.queue) if board else 0, "problem": self.problem,
+                "server_returns": getattr(out, "server_returns", 0) if out is not None else 0}
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> list[str]:

@@ -25,21 +25,27 @@ Named connections (``midi.connect``) are watched once a second: a source that go
 comes back (a controller re-plugged, a program restarted) is connected again, also when it
 came back under the same name between two looks (on JACK the connection itself is checked).
 Each change is logged and passed to ``on_change(sentence)`` on the loop.
+
+When the JACK server dies (or shuts down), every JACK client of the process is dead with it: the
+graph client's shutdown callback (:class:`~livegen.control.jack_graph.JackGraph`) tells our thread,
+which closes the ports and says so (``on_change``: "The JACK server went away ..."); once a server
+answers again (looked at every second) the ports are registered anew under the same names, the
+guard and the named connections made again, and that is said too ("The JACK server is back ...").
+New JACK clients opened in a process whose earlier server died work (checked with jackd 1.9 and
+python-rtmidi's libjack); only the dead ones cannot be revived.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import glob
 import logging
 import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from livegen.control.jack_graph import JackGraph, jack_server_running, new_port
 
 log = logging.getLogger("livegen.midi")
 
@@ -54,24 +60,6 @@ class MidiUnavailable(RuntimeError):
 
 def alsa_sequencer_present() -> bool:
     return os.path.exists("/dev/snd/seq")
-
-
-def jack_server_running(server: str | None = None) -> bool:
-    """True if a JACK server accepts connections on its socket (looked up without starting one)."""
-    name = server or os.environ.get("JACK_DEFAULT_SERVER") or "default"
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    for d in ("/dev/shm", "/tmp"):
-        for path in glob.glob(os.path.join(d, f"jack_{name}_{uid}_*")) + glob.glob(
-            os.path.join(d, f"jack-{uid}", name, "jack_*")
-        ):
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(0.5)
-                    s.connect(path)
-                return True
-            except OSError:
-                continue
-    return False
 
 
 def compiled_apis() -> list[str]:
@@ -193,89 +181,6 @@ def split_messages(data: Sequence[int]) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The JACK graph, read and connected through libjack (no process callback: no real-time thread)
-# ---------------------------------------------------------------------------------------------
-JACK_MIDI_TYPE = b"8 bit raw midi"
-_JACK_NO_START_SERVER = 0x01
-_JACK_PORT_IS_INPUT, _JACK_PORT_IS_OUTPUT = 0x1, 0x2
-_EEXIST = 17
-
-
-def _load_libjack() -> ctypes.CDLL | None:
-    """The libjack python-rtmidi uses (its wheel bundles one), else the system's."""
-    try:
-        import rtmidi
-
-        here = os.path.dirname(os.path.dirname(os.path.abspath(rtmidi.__file__)))
-        candidates = sorted(glob.glob(os.path.join(here, "python_rtmidi*", "libjack*")))
-    except ImportError:
-        candidates = []
-    system = ctypes.util.find_library("jack")
-    if system:
-        candidates.append(system)
-    for path in candidates:
-        try:
-            return ctypes.CDLL(path)
-        except OSError:
-            continue
-    return None
-
-
-class JackGraph:
-    """A JACK client without ports or process callback, used to list and connect MIDI ports."""
-
-    def __init__(self, client_name: str) -> None:
-        lib = _load_libjack()
-        if lib is None:
-            raise OSError("libjack was not found")
-        lib.jack_client_open.restype = ctypes.c_void_p
-        lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-        lib.jack_client_close.argtypes = [ctypes.c_void_p]
-        lib.jack_get_ports.restype = ctypes.POINTER(ctypes.c_char_p)
-        lib.jack_get_ports.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong]
-        lib.jack_free.argtypes = [ctypes.c_void_p]
-        lib.jack_port_by_name.restype = ctypes.c_void_p
-        lib.jack_port_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.jack_port_connected_to.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.jack_connect.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
-        self._lib = lib
-        status = ctypes.c_int(0)
-        self._client = lib.jack_client_open(client_name.encode(), _JACK_NO_START_SERVER, ctypes.byref(status))
-        if not self._client:
-            raise OSError(f"the JACK server refused a client (status 0x{status.value:x})")
-
-    def ports(self, outputs: bool) -> list[str]:
-        flags = _JACK_PORT_IS_OUTPUT if outputs else _JACK_PORT_IS_INPUT
-        names = self._lib.jack_get_ports(self._client, None, JACK_MIDI_TYPE, flags)
-        if not names:
-            return []
-        out = []
-        i = 0
-        while names[i]:
-            out.append(names[i].decode("utf-8", "replace"))
-            i += 1
-        self._lib.jack_free(ctypes.cast(names, ctypes.c_void_p))
-        return out
-
-    def connected(self, source: str, destination: str) -> bool:
-        port = self._lib.jack_port_by_name(self._client, destination.encode())
-        return bool(port) and self._lib.jack_port_connected_to(port, source.encode()) > 0
-
-    def connect(self, source: str, destination: str) -> bool:
-        return self._lib.jack_connect(self._client, source.encode(), destination.encode()) in (0, _EEXIST)
-
-    def close(self) -> None:
-        client, self._client = self._client, None
-        if client:
-            self._lib.jack_client_close(client)
-
-
-def _new_port(before: set[str], after: list[str], port: str) -> str | None:
-    new = [n for n in after if n not in before and n.endswith(":" + port)]
-    return new[0] if new else None
-
-
-# ---------------------------------------------------------------------------------------------
 # The input
 # ---------------------------------------------------------------------------------------------
 POLL_S = 0.001  # how often rtmidi's queue is read
@@ -350,6 +255,8 @@ class MidiInput:
         self.received = 0
         self.discarded = 0  # messages that were malformed or not understood
         self.reconnects = 0
+        self.server_down = False  # JACK: the server died; the ports come back with it
+        self.server_returns = 0  # JACK: times the ports were registered again on a new server
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ opening and closing
@@ -394,7 +301,7 @@ class MidiInput:
         except (rtmidi.RtMidiError, OSError, RuntimeError, SystemError) as exc:
             raise MidiUnavailable(f"could not create the MIDI input port ({self.api}): {exc}") from exc
         self._sources.append(_Source(port, VIRTUAL_PORT))
-        self._own_port = _new_port(before, graph.ports(outputs=False), VIRTUAL_PORT)
+        self._own_port = new_port(before, graph.ports(outputs=False), VIRTUAL_PORT)
         if self._own_port is None:
             raise MidiUnavailable("the JACK MIDI input port was created but cannot be found in the JACK graph")
         self._own_clients.add(self._own_port.split(":")[0])
@@ -404,7 +311,7 @@ class MidiInput:
         try:
             guard = rtmidi.MidiOut(api, name=f"{self._port_name}_guard")
             guard.open_virtual_port("sysex_reset")
-            guard_port = _new_port(before_out, graph.ports(outputs=True), "sysex_reset")
+            guard_port = new_port(before_out, graph.ports(outputs=True), "sysex_reset")
             if guard_port is None or not graph.connect(guard_port, self._own_port):
                 raise OSError("its port could not be connected")
             self._own_clients.add(guard_port.split(":")[0])
@@ -484,6 +391,9 @@ class MidiInput:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(2.0)
+        self._close_ports()
+
+    def _close_ports(self) -> None:
         sources, self._sources = self._sources, []
         for source in sources:
             source.close()
@@ -517,7 +427,13 @@ class MidiInput:
                     self._guard.send_message([0xF7])
                 except Exception as exc:  # noqa: BLE001 - keep reading MIDI whatever happens
                     log.debug("the MIDI guard could not send: %s", exc)
-            if self._links and now >= next_check:
+            if self._graph is not None and self._graph.gone.is_set():
+                self._server_lost()
+                next_check = now + RECONNECT_S
+            elif self.server_down and now >= next_check:
+                next_check = now + RECONNECT_S
+                self._server_back()
+            elif self._links and now >= next_check:
                 next_check = now + RECONNECT_S
                 try:
                     self._check_links()
@@ -584,6 +500,38 @@ class MidiInput:
                 if source is not None:
                     self._links[wanted] = source
                     self._reconnected(wanted, match)
+
+    def _server_lost(self) -> None:
+        """The JACK server died: its clients (ours) with it. Close them, say so, wait for one."""
+        self.server_down = True
+        self._close_ports()
+        self._own_port = None
+        self._shown_virtual = []
+        self._links = {wanted: None for wanted in self._connect}
+        self._changed("The JACK server went away: MIDI input has stopped; livegen registers its MIDI ports "
+                      "again when a JACK server is back.")
+
+    def _server_back(self) -> None:
+        """A JACK server answers: register the ports again (our thread; the next second retries)."""
+        if not jack_server_running():
+            return
+        import rtmidi
+
+        warned = len(self.warnings)
+        try:
+            self._graph = JackGraph(f"{self._port_name}_graph")
+            self._open_jack(rtmidi, _rtmidi_api("UNIX_JACK"))
+        except (OSError, MidiUnavailable) as exc:  # a server still starting: the next second
+            log.debug("registering the MIDI ports again failed: %s", exc)
+            self._close_ports()
+            return
+        self.server_down = False
+        self.server_returns += 1
+        for warning in self.warnings[warned:]:
+            log.warning(warning)
+        self.warnings[warned:] = []
+        self._refresh_names()
+        self._changed(f"The JACK server is back: MIDI input {', '.join(self.port_names)} registered again.")
 
     def _reconnected(self, wanted: str, name: str) -> None:
         again = wanted in self._ever

@@ -13,6 +13,10 @@ as the input's are (exact name first, else a substring), and looked at again by 
 connected again; :meth:`check` returns True after any new connection, so that the caller sends
 every LED again (a controller that appeared late, or was re-plugged, knows none of them).
 
+On JACK, a server that dies takes the output's clients with it: :meth:`check` sees it (the graph
+client's shutdown callback), closes the ports, and registers them again under the same names once
+a server answers (looked at on every check); it then returns True, so every LED is sent again.
+
 Everything here runs on one thread (the feedback thread); rtmidi sends without blocking.
 """
 
@@ -22,7 +26,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from livegen.control.midi import JackGraph, MidiUnavailable, _new_port, _rtmidi_api, choose_api
+from livegen.control.jack_graph import JackGraph, jack_server_running, new_port
+from livegen.control.midi import MidiUnavailable, _rtmidi_api, choose_api
 
 log = logging.getLogger("livegen.midi_out")
 
@@ -48,6 +53,8 @@ class MidiOutput:
         self.port_names: list[str] = []
         self.sent = 0
         self.failed = 0
+        self.server_down = False  # JACK: the server died; the ports come back with it
+        self.server_returns = 0
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ opening
@@ -81,7 +88,7 @@ class MidiOutput:
         except (rtmidi.RtMidiError, *_ERRORS) as exc:
             raise MidiUnavailable(f"could not create the MIDI output port ({self.api}): {exc}") from exc
         self._main = port
-        self._own_port = _new_port(before, graph.ports(outputs=True), VIRTUAL_PORT)
+        self._own_port = new_port(before, graph.ports(outputs=True), VIRTUAL_PORT)
         if self._own_port is None:
             raise MidiUnavailable("the JACK MIDI output port was created but cannot be found in the JACK graph")
         self.port_names = [self._own_port]
@@ -117,8 +124,13 @@ class MidiOutput:
         self._connect = list(dict.fromkeys(connect))
 
     def check(self, first: bool = False) -> bool:
-        """Connect what is wanted and not connected; True when a connection was made (the caller then
-        sends every LED again: a controller that appeared or came back knows none of them)."""
+        """Connect what is wanted and not connected; True when a connection was made or the ports were
+        registered again on a new JACK server (the caller then sends every LED again: a controller
+        that appeared or came back knows none of them)."""
+        if self._graph is not None and self._graph.gone.is_set():
+            self._server_lost()
+        if self.server_down:
+            return self._server_back()
         if not self._connect:
             return False
         made = self._check_jack(first) if self._graph is not None else self._check_plain(first)
@@ -194,6 +206,33 @@ class MidiOutput:
             log.info("MIDI feedback port %r not found (available: %s); livegen connects it when it appears.",
                      wanted, names)
 
+    def _server_lost(self) -> None:
+        self.server_down = True
+        self._close_all()
+        self._own_port = None
+        self._labels = {}
+        self.port_names = []
+        log.warning("The JACK server went away: MIDI feedback has stopped; livegen registers its output again "
+                    "when a JACK server is back.")
+
+    def _server_back(self) -> bool:
+        if not jack_server_running():
+            return False
+        import rtmidi
+
+        self.server_down = False
+        try:
+            self._graph = JackGraph(f"{self._port_name}_out_graph")
+            self._open_jack(rtmidi, _rtmidi_api("UNIX_JACK"))
+        except (OSError, MidiUnavailable) as exc:  # a server still starting: the next check
+            log.debug("registering the MIDI output again failed: %s", exc)
+            self._close_all()
+            self.server_down = True
+            return False
+        self.server_returns += 1
+        log.warning("The JACK server is back: MIDI feedback %s registered again.", ", ".join(self.port_names))
+        return True
+
     # ------------------------------------------------------------------ sending
     def send(self, message: Sequence[int]) -> bool:
         ports = ([self._main] if self._main is not None else []) + list(self._links.values())
@@ -209,6 +248,9 @@ class MidiOutput:
         return ok
 
     def close(self) -> None:
+        self._close_all()
+
+    def _close_all(self) -> None:
         ports = ([self._main] if self._main is not None else []) + list(self._links.values())
         self._main, self._links = None, {}
         for port in ports:

@@ -5,6 +5,12 @@ machine's external address otherwise.
 ``python tests/integration/pool_scenario.py CONFIG RESULT.json``. This process is the cluster's
 head (``ray.init()``; the cluster stops with ``ray.shutdown()``), deploys the pool, starts the
 daemon (``engine.kind: ray``), drives it over OSC and writes what it saw to RESULT.json.
+
+The steps: a clip rendered by the pool; a stalled replica (SIGSTOP mid-render, a hung GPU box:
+the job is late, rendered here, then the replica resumes and the pool renders again); the cluster
+stopped mid-job; the first request again, rendered here. The only processes signalled are this
+process's own descendants (the replica, found by its process title, is a worker of this head's
+raylet), and a stopped replica is always continued.
 """
 
 from __future__ import annotations
@@ -21,6 +27,53 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.integration.conftest import OscClient  # noqa: E402
+
+DEPLOYMENT = "LivegenModel"  # livegen.engine.ray_pool.DEPLOYMENT
+
+
+def own_processes() -> dict[int, str]:
+    """This process's descendants (the cluster's raylet and workers, the daemon, its bridge):
+    pid -> command line, from ``ps``."""
+    rows = subprocess.run(["ps", "-e", "-ww", "-o", "pid=,ppid=,args="], capture_output=True, text=True,
+                          check=True).stdout
+    children: dict[int, list[int]] = {}
+    args: dict[int, str] = {}
+    for line in rows.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+            continue
+        pid, ppid = int(parts[0]), int(parts[1])
+        args[pid] = parts[2] if len(parts) > 2 else ""
+        children.setdefault(ppid, []).append(pid)
+    out: dict[int, str] = {}
+    todo = [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out[child] = args[child]
+                todo.append(child)
+    return out
+
+
+def replicas(app: str) -> list[int]:
+    """The PIDs of this cluster's Serve replicas of ``app`` (their title: ray::ServeReplica:APP:...)."""
+    return sorted(p for p, a in own_processes().items() if "ServeReplica" in a and f"{app}:" in a)
+
+
+def proc_state(pid: int) -> str | None:
+    """The process's state letter (``T``: stopped), None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def signal_replica(pid: int, app: str, sig: int) -> None:
+    """``sig`` to ``pid``, only while it is still one of this cluster's replicas of ``app``."""
+    if pid not in replicas(app):
+        raise AssertionError(f"{pid} is not a replica of {app} under this process: {own_processes()}")
+    os.kill(pid, sig)
 
 
 def main() -> int:
@@ -73,9 +126,13 @@ def main() -> int:
             mark = status.mark()
             client.send(port, "/livegen/set", "seed", seed)
             client.send(port, "/livegen/set", "steps", steps)
+            sent = time.monotonic()  # at most the daemon's trigger time (it receives this later)
             client.send(port, "/livegen/generate", f"pool clip {seed}")
             ack = status.wait("/livegen/ack", mark, timeout=20, where=lambda p: str(p[1]).startswith("queued"))
-            return {"job": ack.params[0], "mark": mark, "seen": seen, "t": time.monotonic()}
+            return {"job": ack.params[0], "mark": mark, "seen": seen, "t": time.monotonic(), "sent": sent}
+
+        def falls_back(job: dict):  # noqa: ANN202 - a predicate on an ack's params
+            return lambda p: p[0] == job["job"] and str(p[1]).startswith("rendering locally")
 
         def finish(job: dict, timeout: float = 120.0) -> dict:
             done = status.wait("/livegen/done", job["mark"], timeout=timeout, where=lambda p: p[0] == job["job"])
@@ -94,7 +151,84 @@ def main() -> int:
         out["remote"] = finish(generate(101, 4))
         out["after_remote"] = query()["worker"]["pool"]
         note("remote clip done")
-        # 2. a long clip in flight on the pool when the cluster stops
+        # 2. a stalled replica (a hung GPU box): SIGSTOP while it renders; the job is late, the
+        # daemon says so by its deadline and renders it here, its loop answering all along
+        app = f"{settings.engine.deployment}-default"
+        budget = float(settings.engine.remote_deadline)
+        found = replicas(app)
+        assert len(found) == 1, (app, own_processes())
+        replica = found[0]
+        out["stall"] = stall = {"replica_pid": replica, "remote_deadline": budget}
+        job = generate(303, 8)
+        status.wait("/livegen/progress", job["mark"], timeout=60, where=lambda p: p[0] == job["job"])
+        stopped = False
+        try:
+            signal_replica(replica, app, signal.SIGSTOP)
+            stopped = True
+            stall["stopped_after"] = round(time.monotonic() - job["sent"], 2)
+            time.sleep(0.05)
+            stall["replica_state"] = proc_state(replica)
+            note("replica stopped")
+            lat, pools, fell = [], [], None
+            end = job["sent"] + budget + 30
+            while fell is None:
+                t = time.monotonic()
+                pools.append(query()["worker"]["pool"])
+                lat.append(time.monotonic() - t)
+                try:
+                    fell = status.wait("/livegen/ack", job["mark"], timeout=0.25, where=falls_back(job))
+                except AssertionError:
+                    if time.monotonic() > end:
+                        raise
+            stall["fallback_after_trigger"] = round(time.monotonic() - job["sent"], 2)
+            stall["reason"] = str(fell.params[1])
+            note("stalled job: fallback announced")
+            stall["status_latency_max"] = round(max(lat), 3)
+            stall["status_queries"] = len(lat)
+            stall["remote_running_while_stalled"] = pools[0]["remote_running"]
+            stall["state_while_stalled"] = pools[-1]["state"]
+            stall["job"] = finish(job, timeout=120)  # here, the replica still stopped
+            stall["replica_state_at_done"] = proc_state(replica)
+            note("stalled job done here")
+        finally:
+            if stopped:
+                os.kill(replica, signal.SIGCONT)  # ours (checked before the SIGSTOP), stopped by us
+                stall["continued_after"] = round(time.monotonic() - job["sent"], 2)
+        time.sleep(0.05)
+        stall["replica_state_after_cont"] = proc_state(replica)
+        note("replica continued")
+        # the pool renders again: Serve still reports the deployment healthy (or replaced the
+        # replica), and a request completes there without a fallback
+        from ray import serve
+
+        t_cont = time.monotonic()
+        end = t_cont + 120
+        serve_states = []
+        while True:
+            dep = serve.status().applications[app].deployments[DEPLOYMENT]
+            serve_states.append((str(dep.status), dict(dep.replica_states)))
+            if str(dep.status).endswith("HEALTHY") and dep.replica_states.get("RUNNING", 0) >= 1 \
+                    and query()["worker"]["pool"]["state"] == "connected":
+                break
+            assert time.monotonic() < end, serve_states
+            time.sleep(0.2)
+        stall["serve_states"] = [s for i, s in enumerate(serve_states) if i == 0 or s != serve_states[i - 1]]
+        tries = []
+        while True:
+            tries.append(finish(generate(404, 4), timeout=120))
+            if not tries[-1]["fallback"]:
+                break
+            assert time.monotonic() < end, tries
+            time.sleep(1.0)
+        stall["recovery_tries"] = len(tries)
+        stall["recovery_fallbacks"] = [t["fallback"] for t in tries[:-1]]
+        stall["recovered_after_cont"] = round(time.monotonic() - t_cont, 2)
+        stall["recovered"] = tries[-1]
+        stall["replicas_after"] = replicas(app)
+        stall["replica_restarted"] = stall["replicas_after"] != [replica]
+        out["after_stall"] = query()["worker"]["pool"]
+        note("pool renders again")
+        # 3. a long clip in flight on the pool when the cluster stops
         job = generate(202, 30)
         status.wait("/livegen/progress", job["mark"], timeout=60, where=lambda p: p[0] == job["job"])
         note("long job rendering remotely")
@@ -102,8 +236,7 @@ def main() -> int:
         ray.shutdown()  # the whole cluster: head, raylet, the replica
         out["stop_seconds"] = round(time.monotonic() - t_stop, 2)
         note("cluster stopped")
-        status.wait("/livegen/ack", job["mark"], timeout=60,
-                    where=lambda p: p[0] == job["job"] and str(p[1]).startswith("rendering locally"))
+        status.wait("/livegen/ack", job["mark"], timeout=60, where=falls_back(job))
         out["fallback_after_stop"] = round(time.monotonic() - t_stop, 2)
         note("fallback announced")
         # the loop answers during the outage
@@ -115,7 +248,7 @@ def main() -> int:
         out["status_latency_max"] = round(max(lat), 3)
         out["in_flight"] = finish(job, timeout=180)
         note("in-flight job done")
-        # 3. the first request of step 1 again: now rendered here, the same samples
+        # 4. the first request of step 1 again: now rendered here, the same samples
         out["after_stop"] = finish(generate(101, 4), timeout=120)
         note("same request done after the stop")
         out["final_pool"] = query()["worker"]["pool"]

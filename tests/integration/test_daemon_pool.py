@@ -1,4 +1,5 @@
-"""The daemon on a Ray Serve pool (``engine.kind: ray``), and the cluster stopped mid-set.
+"""The daemon on a Ray Serve pool (``engine.kind: ray``): a replica stalled mid-render, then the
+cluster stopped mid-set.
 
 A multi-process cluster binds the machine's external address, so the whole scenario
 (tests/integration/pool_scenario.py: the cluster's head, the pool, the daemon, the OSC clients)
@@ -21,6 +22,12 @@ from tests.conftest import require_or_skip
 from tests.integration.conftest import REPO, free_port, write_settings
 
 pytestmark = pytest.mark.realtime
+
+# engine.remote_deadline of the scenario: above the time the daemon takes to see the cluster gone
+# (about remote_start after the stop: the retry does not start), so step 3 falls back for the loss,
+# not for the deadline; short, since step 2's stalled job waits for it
+REMOTE_DEADLINE = 10
+REMOTE_START = 5
 
 
 @pytest.fixture()
@@ -52,7 +59,7 @@ def test_daemon_renders_on_the_pool_and_falls_back_when_the_cluster_stops(tiny_m
     write_settings(config, tiny_model, port, status_port, daw, mapping, audio=False, midi=False)
     text = config.read_text()
     config.write_text(text.replace("engine:\n", "engine:\n  kind: ray\n  address: auto\n  deployment: lgscen\n"
-                                   "  remote_deadline: 15\n  remote_start: 5\n", 1))
+                                   f"  remote_deadline: {REMOTE_DEADLINE}\n  remote_start: {REMOTE_START}\n", 1))
     result = tmp_path / "result.json"
     env = dict(os.environ, LIVEGEN_CACHE=str(tiny_model["cache"]), PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1",
                RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
@@ -67,12 +74,33 @@ def test_daemon_renders_on_the_pool_and_falls_back_when_the_cluster_stops(tiny_m
     # 1. rendered by the pool, no fallback
     assert not out["remote"]["fallback"], where
     assert out["after_remote"]["remote"] >= 1 and out["after_remote"]["fallbacks"] == 0, where
-    # 2. the job in flight when the cluster stopped: rendered here, said so, within the deadline
+    # 2. a replica stalled (SIGSTOP) mid-render: late, said so at its deadline, rendered here
+    stall = out["stall"]
+    assert stall["replica_state"] == "T", where  # it was stopped
+    assert stall["remote_running_while_stalled"] == 1, where  # the job was the pool's when it stalled
+    reason = stall["reason"]
+    assert reason.startswith("rendering locally: ") and "deadline" in reason, where
+    assert reason.endswith(f"{REMOTE_DEADLINE:g} s after the trigger (engine.remote_deadline)"), where
+    assert REMOTE_DEADLINE - 0.25 <= stall["fallback_after_trigger"] <= REMOTE_DEADLINE + 3, where
+    assert stall["job"]["fallback"] == [[stall["job"]["done"][0], reason]], where  # announced once
+    assert stall["job"]["wav"] and os.path.exists(stall["job"]["wav"]), where
+    assert stall["replica_state_at_done"] == "T", where  # done here while the pool was still stalled
+    assert stall["status_latency_max"] < 1.0 and stall["status_queries"] >= 5, where
+    assert stall["replica_state_after_cont"] != "T", where
+    # then the pool renders again (the resumed replica, or the one Serve put in its place)
+    assert not stall["recovered"]["fallback"] and stall["recovered"]["wav"], where
+    assert len(stall["replicas_after"]) == 1, where
+    assert out["after_stall"]["state"] == "connected", where
+    assert out["after_stall"]["remote"] >= out["after_remote"]["remote"] + 2, where
+    assert out["after_stall"]["fallbacks"] == stall["recovery_tries"], where  # the stall's, and any retry's
+    # 3. the job in flight when the cluster stopped: rendered here, said so, before its deadline
     assert out["in_flight"]["fallback"], where
-    assert out["fallback_after_stop"] < 15, where  # within the deadline (engine.remote_deadline)
-    assert out["final_pool"]["fallbacks"] >= 1 and out["final_pool"]["last_fallback"], where
+    assert "deadline" not in out["in_flight"]["fallback"][0][1], where  # for the loss, not for lateness
+    assert out["fallback_after_stop"] < REMOTE_DEADLINE, where  # within the deadline (engine.remote_deadline)
+    assert out["final_pool"]["fallbacks"] >= out["after_stall"]["fallbacks"] + 1, where
+    assert out["final_pool"]["last_fallback"], where
     assert out["status_latency_max"] < 1.0, where  # the loop never waited for the pool
-    # 3. the same request and seed rendered here after the stop equals the pool's render, sample for sample
+    # 4. the same request and seed rendered here after the stop equals the pool's render, sample for sample
     remote, _ = sf.read(out["remote"]["wav"], dtype="float32", always_2d=True)
     local, _ = sf.read(out["after_stop"]["wav"], dtype="float32", always_2d=True)
     np.testing.assert_array_equal(remote, local)
