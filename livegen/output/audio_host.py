@@ -227,16 +227,17 @@ class HostedPlayer:
             if self._down or self._closing:
                 return
             self._down = True
-        if not self._faulted:
+        if not self._faulted:  # the one error line (and OSC) for a child that said nothing
             self._fault(f"The audio output was lost ({why}); a new audio process is started when the "
                         "audio server answers.")
+        else:  # the child reported the fault itself: say what happens now
+            log.error("audio output lost (%s); a new audio process is started every %.0f s", why, RESPAWN_PERIOD)
         if "sounddevice" in sys.modules:  # this process's own PortAudio (the device check) knew the dead server
             from livegen.output.stream_guard import abandon_portaudio
 
             abandon_portaudio()
         self._last_frame = self.frame_estimate()
         self._last_frame_time = time.monotonic()
-        log.error("audio output lost (%s); a new audio process is started every %.0f s", why, RESPAWN_PERIOD)
         self._kill()
         if self._respawner is None or not self._respawner.is_alive():
             self._respawner = threading.Thread(target=self._respawn, name="livegen-audio-respawn", daemon=True)

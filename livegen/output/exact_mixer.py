@@ -71,10 +71,10 @@ def unavailable_reason() -> str | None:
     return _error
 
 
-def _mixer_base() -> Any:
-    import rtmixer
-
-    return rtmixer.Mixer
+try:  # a core dependency; without it (a broken install) only the offline driver below works
+    from rtmixer import Mixer as _MixerBase
+except ImportError:  # pragma: no cover - rtmixer is installed with livegen
+    _MixerBase = object  # type: ignore[assignment,misc]
 
 
 class ExactClock:
@@ -117,7 +117,7 @@ class ExactClock:
         return {"callbacks": int(c[0]), "clipped_blocks": int(k[0]), "non_finite_blocks": int(n[0])}
 
 
-class ExactMixer(_mixer_base() if importlib.util.find_spec("rtmixer") else object):  # type: ignore[misc]
+class ExactMixer(_MixerBase):  # type: ignore[misc,valid-type]
     """An ``rtmixer.Mixer`` whose stream runs ``lg_callback`` (see the module doc).
 
     ``time`` is the first frame of the next block / rate, less the output latency: the player's
@@ -149,6 +149,10 @@ class ExactMixer(_mixer_base() if importlib.util.find_spec("rtmixer") else objec
     def time(self) -> float:  # noqa: D102 - see the class doc
         return self._clock.frames() / self.samplerate - float(self.latency)
 
+    def block_clock(self) -> tuple[int, float, float] | None:
+        """The latest block's (first frame, monotonic time of its callback, output latency)."""
+        return self._clock.block()
+
     def counters(self) -> dict[str, int]:
         return self._clock.counters()
 
@@ -163,7 +167,6 @@ class OfflineExactMixer:
 
         self._inner = OfflineMixer(channels, samplerate, blocksize, qsize)
         self._clock = ExactClock(self._inner._state, channels, float(samplerate), ceiling)
-        self._rffi = self._inner._ffi
         self._ti = self._clock.ffi.new("PaStreamCallbackTimeInfo*")
         self.underflow_next = False
 
@@ -175,6 +178,9 @@ class OfflineExactMixer:
     @property
     def time(self) -> float:
         return self._clock.frames() / self._inner.samplerate - float(self._inner.latency)
+
+    def block_clock(self) -> tuple[int, float, float] | None:
+        return self._clock.block()
 
     def counters(self) -> dict[str, int]:
         return self._clock.counters()

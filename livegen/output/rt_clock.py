@@ -141,7 +141,7 @@ class StreamClock:
         """The exact clock's (frame, monotonic time) pair, steadied: a callback can only start late,
         so the earliest of the last ANCHOR_WINDOW blocks' (time - frame / rate) is the estimate; a
         lasting step (cycles lost) is followed within three reads, as the PortAudio-time clock does."""
-        b = m._clock.block() if hasattr(m, "_clock") else None
+        b = m.block_clock() if hasattr(m, "block_clock") else None
         if b is None:
             return
         frame, mono, lat = b

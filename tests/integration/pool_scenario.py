@@ -69,11 +69,38 @@ def proc_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-def signal_replica(pid: int, app: str, sig: int) -> None:
-    """``sig`` to ``pid``, only while it is still one of this cluster's replicas of ``app``."""
-    if pid not in replicas(app):
-        raise AssertionError(f"{pid} is not a replica of {app} under this process: {own_processes()}")
-    os.kill(pid, sig)
+def is_own_replica(pid: int, app: str) -> bool:
+    """Whether ``pid`` is (still) a Serve replica of ``app`` descending from this process (from
+    /proc alone: it must hold even when ``ps`` cannot run)."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    if "ServeReplica" not in title or f"{app}:" not in title:
+        return False
+    p = pid
+    for _ in range(64):
+        try:
+            p = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if p == os.getpid():
+            return True
+        if p <= 1:
+            return False
+    return False
+
+
+def signal_replica(pid: int, app: str, sig: int) -> bool:
+    """``sig`` to ``pid``, only while it is one of this cluster's replicas of ``app``; False when
+    it is not (gone: Serve may have replaced it)."""
+    if not is_own_replica(pid, app):
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def main() -> int:
@@ -163,8 +190,8 @@ def main() -> int:
         status.wait("/livegen/progress", job["mark"], timeout=60, where=lambda p: p[0] == job["job"])
         stopped = False
         try:
-            signal_replica(replica, app, signal.SIGSTOP)
-            stopped = True
+            stopped = signal_replica(replica, app, signal.SIGSTOP)
+            assert stopped, (replica, own_processes())
             stall["stopped_after"] = round(time.monotonic() - job["sent"], 2)
             time.sleep(0.05)
             stall["replica_state"] = proc_state(replica)
@@ -191,8 +218,8 @@ def main() -> int:
             stall["replica_state_at_done"] = proc_state(replica)
             note("stalled job done here")
         finally:
-            if stopped:
-                os.kill(replica, signal.SIGCONT)  # ours (checked before the SIGSTOP), stopped by us
+            if stopped:  # gone instead when Serve replaced it (a failed health check) meanwhile
+                stall["continued"] = signal_replica(replica, app, signal.SIGCONT)
                 stall["continued_after"] = round(time.monotonic() - job["sent"], 2)
         time.sleep(0.05)
         stall["replica_state_after_cont"] = proc_state(replica)

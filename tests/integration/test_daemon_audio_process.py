@@ -65,7 +65,7 @@ def _loop_and_kill(tmp_path, tiny_model, sig: int) -> tuple[float, str, dict, fl
     return detected, str(err.params[-1]), down, resumed, after, up, rc
 
 
-def _assert_resumed(down: dict, after: np.ndarray, up: dict, rc: int, pid_before: int | None = None) -> None:
+def _assert_resumed(down: dict, after: np.ndarray, up: dict, rc: int) -> None:
     assert down["audio"]["running"] is False and down["audio"]["stalled"] is True
     assert down["audio"]["stream_errors"] >= 1
     assert after.shape[1] > 0 and np.count_nonzero(np.abs(after).max(axis=0)) > 0.9 * after.shape[1], \

@@ -97,7 +97,7 @@ def test_the_block_clock_is_the_monotonic_clock():
     _, m, _ = _players()
     t0 = time.monotonic()
     m.render(BLOCK)
-    frame, mono, latency = m._clock.block()
+    frame, mono, latency = m.block_clock()
     assert frame == m.frames - BLOCK
     assert t0 <= mono <= time.monotonic()
     assert latency == pytest.approx(0.01)  # render() gives PortAudio's dac - current as 10 ms
