@@ -240,14 +240,15 @@ class Plan:
     generate_timeout: float
     stream: bool = True  # audio.stream: uncached requests play while generated (False: when complete)
     tile_latents: int | None = None  # audio.stream_tile_latents (None: the daemon's default)
+    engine: str = "stable-audio"  # or "musicgen" (``--model musicgen``: steps do not apply)
+    burst_seconds: float | None = None  # audio.stream_burst_seconds (MusicGen; None: the default)
 
 
 MAPPING = """\
 name: bench
 params:
   seconds: {seconds}
-  steps: {steps}
-  launch: now
+{steps}  launch: now
 midi:
   - note: 60
     action: generate
@@ -257,15 +258,21 @@ midi:
 
 def _settings(path: Path, model: Path, t5: Path, osc_port: int, status_port: int, midi_name: str,
               mapping: Path, plan: Plan) -> None:
+    if plan.engine == "musicgen":
+        entry = ["    engine: musicgen", f"    path: {model}", f"    seconds: {plan.seconds}"]
+    else:
+        entry = ["    engine: stable-audio", f"    path: {model}", f"    t5: {t5}", f"    seconds: {plan.seconds}",
+                 f"    steps: {plan.steps}"]
     path.write_text("\n".join([
-        "models:", "  default:", "    engine: stable-audio", f"    path: {model}", f"    t5: {t5}",
-        f"    seconds: {plan.seconds}", f"    steps: {plan.steps}",
+        "models:", "  default:", *entry,
         "osc:", f"  port: {osc_port}", f"  status_port: {status_port}",
         "midi:", "  enabled: true", f"  port_name: {midi_name}", "  api: jack",
         "audio:", "  enabled: true", f"  stream: {'true' if plan.stream else 'false'}",
         *([f"  stream_tile_latents: {plan.tile_latents}"] if plan.tile_latents else []),
+        *([f"  stream_burst_seconds: {plan.burst_seconds}"] if plan.burst_seconds else []),
         "engine:", f"  warmup_seconds: [{plan.seconds}]", f"  max_seconds: {max(plan.seconds, 1.0)}",
-        "prerender:", "  enabled: true", f"  variations: {VARIATIONS}",
+        # the pre-render cache only for the cached pad presses (it keeps the worker busy when idle)
+        "prerender:", f"  enabled: {'true' if plan.cached else 'false'}", f"  variations: {VARIATIONS}",
         f"mappings: [{mapping}]",
     ]) + "\n")
 
@@ -311,7 +318,8 @@ def run(model: Path, t5: Path, cache: Path, workdir: Path, plan: Plan, log: Call
 
     workdir.mkdir(parents=True, exist_ok=True)
     mapping = workdir / "bench-mapping.yaml"
-    mapping.write_text(MAPPING.format(seconds=plan.seconds, steps=plan.steps))
+    steps = f"  steps: {plan.steps}\n" if plan.engine != "musicgen" else ""
+    mapping.write_text(MAPPING.format(seconds=plan.seconds, steps=steps))
     status_osc, osc = Osc(), Osc()
     port = _free_port()
     midi_name = f"lgbench{os.getpid()}"
@@ -499,11 +507,56 @@ def batch_first_audio(model: Path, t5: Path, plan: Plan, repeats: int) -> dict[s
     """``generate_stream``'s first audio for the same clip in this process (bench.streaming),
     after the daemons are gone: the figure issue 11's streaming target is a ratio of."""
     import livegen  # noqa: F401  (the optimised BLAS before anything imports mlx.core)
-    from bench.streaming import stable_audio_first_audio
+    from bench.streaming import musicgen_first_audio, stable_audio_first_audio
     from livegen.models.stable_audio import StableAudioPipeline
+
+    if plan.engine == "musicgen":
+        from livegen.models.musicgen import MusicGenPipeline
+        from livegen.settings import AudioSettings
+
+        burst = plan.burst_seconds or AudioSettings().stream_burst_seconds
+        return musicgen_first_audio(MusicGenPipeline.from_pretrained(str(model)), plan.seconds, burst,
+                                    max(1, repeats), print)
 
     pipe = StableAudioPipeline.from_pretrained(str(model), t5=str(t5))
     return stable_audio_first_audio(pipe, plan.seconds, plan.steps, plan.tile_latents or 16, max(1, repeats), print)
+
+
+def build_musicgen(work: Path, smoke: bool) -> Path:
+    """MusicGen small's real configuration (``--smoke``: the tests' tiny one) with random weights,
+    saved as a checkpoint directory the daemon loads as a user's (built once per workdir)."""
+    import json as _json
+
+    directory = work / ("musicgen-tiny" if smoke else "musicgen")
+    if (directory / "config.json").is_file():
+        return directory
+    import torch
+    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
+
+    from bench.musicgen import real_configs
+    from tests.models.musicgen.mg_fixtures import randomize_, tiny_configs
+    from tests.models.t5_fixtures import make_tiny_tokenizer
+
+    if smoke:
+        t5c, audio, decoder, tokenizer = tiny_configs("mono")
+    else:
+        (t5c, audio, decoder), tokenizer = real_configs(), make_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = MusicgenForConditionalGeneration(
+        MusicgenConfig(text_encoder=t5c.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
+    ).float().eval()
+    randomize_(model, seed=0)
+    start = decoder.vocab_size
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    gen_file = directory / "generation_config.json"
+    data = _json.loads(gen_file.read_text()) if gen_file.is_file() else {}
+    data.update(decoder_start_token_id=start, pad_token_id=start, bos_token_id=start, guidance_scale=3.0,
+                top_k=250, do_sample=True)
+    gen_file.write_text(_json.dumps(data, indent=2))
+    print(f"  built MusicGen {'tiny' if smoke else 'small'} with random weights in {directory}")
+    return directory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,7 +565,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compare-streaming", action="store_true", required=True)
-    ap.add_argument("--smoke", action="store_true", help="a tiny random checkpoint instead of SA small")
+    ap.add_argument("--smoke", action="store_true", help="a tiny random checkpoint instead of the full size")
+    ap.add_argument("--model", choices=("stable-audio", "musicgen"), default="stable-audio",
+                    help="Stable Audio small (default) or MusicGen small, full size with random weights")
+    ap.add_argument("--burst-seconds", type=float, default=None, help="audio.stream_burst_seconds (MusicGen)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/livegen-daemon-latency"))
     ap.add_argument("--seconds", type=float, default=None, help="clip length (default 4; smoke 0.45)")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default 8; smoke 2)")
@@ -527,7 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.path.insert(0, str(ROOT))
     work = args.workdir
-    if args.smoke:
+    if args.model == "musicgen":
+        model, t5 = build_musicgen(work, args.smoke), work
+        seconds, steps, timeout = args.seconds or (0.5 if args.smoke else 3.0), 0, 300.0 if args.smoke else 900.0
+    elif args.smoke:
         from tests.reference.sa_checkpoint import build_tiny_stable_audio
 
         info = build_tiny_stable_audio(work / "model", "small", sample_size=22528)
@@ -541,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             sa.build("small", sa.Sizes(False), work, pipeline=True, log=print)
         seconds, steps, timeout = args.seconds or 4.0, args.steps or 8, 900.0
     plan = Plan(seconds=seconds, steps=steps, uncached=args.repeats + 1, cached=0, continuous_seconds=0.0,
-                load_timeout=timeout, generate_timeout=timeout, tile_latents=args.tile_latents)
+                load_timeout=timeout, generate_timeout=timeout, tile_latents=args.tile_latents, engine=args.model,
+                burst_seconds=args.burst_seconds)
     cache = Path(os.environ.get("LIVEGEN_CACHE", str(work / "cache")))
     res = compare_streaming(model, t5, cache, work, plan, print)
     if not args.no_batch:  # the issue's yardstick, in the same run: batch generate_stream's first audio
@@ -550,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch generate_stream first audio (median of {args.repeats}): "
               f"{res['batch']['median_first_audio_s']:.3f} s; streamed daemon / batch: {res['streamed_over_batch']:.2f}x")
     print(json.dumps(res, indent=1))
-    print(f"uncached trigger -> first sound, {seconds:g} s clip, {steps} steps (medians without each daemon's "
+    what = "MusicGen" if args.model == "musicgen" else f"{steps} steps"
+    print(f"uncached trigger -> first sound, {seconds:g} s clip, {what} (medians without each daemon's "
           f"first trigger): streamed {res['streamed']['median_warm']:.3f} s, buffered "
           f"{res['buffered']['median_warm']:.3f} s ({res['ratio']:.2f}x); first sound minus clip complete: "
           f"streamed {res['streamed']['median_first_sound_minus_complete']:+.3f} s, buffered "

@@ -28,8 +28,6 @@ sys.path.insert(0, str(REPO))
 
 from tests.integration.conftest import OscClient  # noqa: E402
 
-DEPLOYMENT = "LivegenModel"  # livegen.engine.ray_pool.DEPLOYMENT
-
 
 def own_processes() -> dict[int, str]:
     """This process's descendants (the cluster's raylet and workers, the daemon, its bridge):
@@ -110,7 +108,7 @@ def main() -> int:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import ray
 
-    from livegen.engine.ray_pool import deploy
+    from livegen.engine.ray_pool import DEPLOYMENT, deploy
     from livegen.settings import load_settings
 
     out: dict = {"events": []}
@@ -234,7 +232,7 @@ def main() -> int:
         while True:
             dep = serve.status().applications[app].deployments[DEPLOYMENT]
             serve_states.append((str(dep.status), dict(dep.replica_states)))
-            if str(dep.status).endswith("HEALTHY") and dep.replica_states.get("RUNNING", 0) >= 1 \
+            if str(dep.status).rsplit(".", 1)[-1] == "HEALTHY" and dep.replica_states.get("RUNNING", 0) >= 1 \
                     and query()["worker"]["pool"]["state"] == "connected":
                 break
             assert time.monotonic() < end, serve_states
