@@ -27,7 +27,8 @@ from mlx.utils import tree_flatten
 from livegen.device import configure_mlx
 from livegen.errors import Cancelled, WeightsError
 from livegen.models.musicgen.config import MusicGenConfig
-from livegen.models.musicgen.encodec import Encodec, EncodecConfig, EncodecStreamDecoder
+from livegen.models.musicgen.encodec import Encodec, EncodecConfig
+from livegen.models.musicgen.encodec_stream import EncodecStreamDecoder
 from livegen.models.musicgen.sampling import (
     Conditioning,
     build_delay_pattern_mask,

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from livegen.models import conv
-from livegen.models.musicgen.encodec import Encodec, EncodecConfig, EncodecStreamDecoder
+from livegen.models.musicgen.encodec import Encodec, EncodecConfig
+from livegen.models.musicgen.encodec_stream import EncodecStreamDecoder
 
 CODEBOOK = 32
 VARIANTS = {
