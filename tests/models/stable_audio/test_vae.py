@@ -15,9 +15,9 @@ from mlx.utils import tree_flatten
 from livegen.models.stable_audio.vae import (
     AudioAutoencoder,
     AutoencoderConfig,
-    DecoderStream,
     OobleckConfig,
 )
+from livegen.models.stable_audio.vae_stream import DecoderStream
 
 REFERENCE_CONFIGS = Path("/work/shared/reference")
 SMALL_CONFIG = {
