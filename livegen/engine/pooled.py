@@ -19,6 +19,7 @@ bridge's reader thread, and a timer on the loop enforces the deadline even if th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -70,6 +71,7 @@ class PooledEngine:
         self._seq = itertools.count(1)
         self._bridge: Any = None
         self._bridges: list[Any] = []  # every bridge started: none may outlive the daemon
+        self._generation = 0  # the current bridge's number: messages of earlier ones are ignored
         self._lock = threading.Lock()
         self.state = "connecting"  # connecting, connected, unavailable, closed
         self.error: str | None = None
@@ -193,8 +195,10 @@ class PooledEngine:
 
         self.state = "connecting"
         self._retry_at = time.monotonic() + RECONNECT_SECONDS
+        self._drop_bridge()  # one bridge at a time
+        self._generation += 1
         try:
-            self._bridge = BridgeClient(self._from_bridge)
+            self._bridge = BridgeClient(functools.partial(self._from_bridge, self._generation))
             self._bridges = [b for b in self._bridges if b.proc.poll() is None] + [self._bridge]
         except OSError as exc:
             self.state, self.error = "unavailable", f"cannot start the Ray bridge: {exc}"
@@ -202,13 +206,15 @@ class PooledEngine:
         e = self.settings.engine
         self._bridge.send(("connect", e.address, e.deployment, list(self.local.models), CONNECT_TIMEOUT))
 
-    def _from_bridge(self, message: tuple | None) -> None:  # the bridge's reader thread
+    def _from_bridge(self, generation: int, message: tuple | None) -> None:  # the bridge's reader thread
         try:
-            self._loop.call_soon_threadsafe(self._on_bridge, message)
+            self._loop.call_soon_threadsafe(self._on_bridge, message, generation)
         except RuntimeError:  # the loop is closed
             pass
 
-    def _on_bridge(self, message: tuple | None) -> None:
+    def _on_bridge(self, message: tuple | None, generation: int | None = None) -> None:
+        if generation is not None and generation != self._generation:
+            return  # a bridge given up (dropped after "unavailable" or a loss): its last words
         if message is None:
             if self.state != "closed":
                 self._lost("the Ray bridge process ended (the cluster may be gone)")
@@ -222,6 +228,7 @@ class PooledEngine:
         if op == "unavailable":
             self.state, self.error = "unavailable", message[1]
             log.warning("render pool unavailable, clips render here: %s", message[1])
+            self._drop_bridge()  # the next try starts a new one: this one must not linger
             return
         remote = self._by_key.get(message[1])
         if remote is None or remote.done:
@@ -281,10 +288,15 @@ class PooledEngine:
         self._retry_at = time.monotonic() + RECONNECT_SECONDS
         for remote in list(self._remote.values()):
             self._fall_back(remote, reason)
+        self._drop_bridge()
+        log.warning("render pool lost, clips render here: %s", reason)
+
+    def _drop_bridge(self) -> None:
+        """Close the current bridge process off the loop (it may wait on a dead cluster)."""
         bridge, self._bridge = self._bridge, None
+        self._generation += 1  # whatever it still says (its end, above all) is not about the pool now
         if bridge is not None:
             threading.Thread(target=bridge.close, name="livegen-ray-close", daemon=True).start()
-        log.warning("render pool lost, clips render here: %s", reason)
 
     def _fall_back(self, remote: _RemoteJob, reason: str) -> None:
         """Render the job here under its own id (same request, same seed)."""

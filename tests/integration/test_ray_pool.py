@@ -243,3 +243,77 @@ def test_killed_replica_job_is_retried_or_reported(pool, local):
         assert pool.counts["retried"] >= 1
         assert len(set(pids)) >= 2 or pids[-1] != pids[0]
         np.testing.assert_array_equal(clip.audio, local.render(req)[1].result(120).audio)
+
+
+def _bridges_of_this_process() -> list[int]:
+    """PIDs of the live Ray bridge processes this test process started (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and stat[0] != "Z" and b"livegen.engine.ray_bridge" in cmd:
+            out.append(int(entry.name))
+    return out
+
+
+def test_a_pool_that_stays_unavailable_leaves_no_bridge_process_behind(cluster, monkeypatch):
+    """Regression (found by reading pooled.py): each reconnect to a pool that answers
+    "unavailable" started a new bridge process and left the previous one running until the
+    daemon stopped (after 3 tries: 4 bridges alive). Here the cluster is up but has no pool of the
+    name asked for, so every connect is answered "unavailable" at once: each try has a bridge of
+    its own while it asks, and none is left once the answer came."""
+    import asyncio
+    import copy
+
+    import ray
+
+    from livegen.engine import pooled
+    from livegen.engine.loaders import build_loaders, worker_options
+
+    monkeypatch.setattr(pooled, "RECONNECT_SECONDS", 0.2)  # try again on the next request
+    settings = copy.deepcopy(cluster["settings"])
+    settings.engine.kind = "ray"
+    settings.engine.address = ray.get_runtime_context().gcs_address
+    settings.engine.deployment = "lgnosuchpool"
+    before = set(_bridges_of_this_process())
+
+    async def scenario() -> tuple[set[int], list[list[int]], str | None, list[int]]:
+        loop = asyncio.get_running_loop()
+        engine = pooled.PooledEngine(settings, build_loaders(settings), worker_options(settings, render_nice=0),
+                                     lambda event: None, loop)
+        seen: set[int] = set()
+
+        async def answered() -> None:
+            deadline = time.monotonic() + 90
+            while engine.state != "unavailable":
+                assert time.monotonic() < deadline, engine.stats()["pool"]
+                seen.update(set(_bridges_of_this_process()) - before)
+                await asyncio.sleep(0.05)
+
+        left: list[list[int]] = []
+        engine.start()
+        try:
+            await answered()
+            for i in range(3):
+                await asyncio.sleep(0.3)
+                engine.submit(_request(f"unavailable {i}", seconds=0.1, steps=1))  # renders here, tries again
+                assert engine.state == "connecting"
+                await answered()
+                await asyncio.sleep(1.5)  # a bridge given up is closed off the loop
+                left.append(sorted(set(_bridges_of_this_process()) - before))
+            error = engine.error
+        finally:
+            await loop.run_in_executor(None, engine.close)
+        await asyncio.sleep(1.0)
+        return seen, left, error, sorted(set(_bridges_of_this_process()) - before)
+
+    seen, left, error, after_close = asyncio.run(scenario())
+    assert error and "no application" in error, error  # the pool's answer, not a bridge's end
+    assert len(seen) >= 4, seen  # the first connect and each of the 3 tries had its own bridge
+    assert left == [[], [], []], left  # was [[b1, b2], [b1, b2, b3], [b1, b2, b3, b4]]
+    assert after_close == [], after_close
