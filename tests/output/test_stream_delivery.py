@@ -279,3 +279,28 @@ def test_a_pessimistic_remembered_rate_does_not_delay_a_fast_stream():
         sink.end(True)
     assert sink.start_frame is not None and sink.start_frame - t0 < int(0.3 * SR)
     assert stats.rates["m"] > 2 * SR  # the mean moved towards what this stream did
+
+
+def test_a_stream_far_slower_than_real_time_starts_with_its_last_chunk_not_after_it():
+    """Regression: MusicGen small in the daemon on the 2-core machine made 0.05x real time (1,714
+    frames/s of 32 kHz audio); its 3 s clips sounded 1.7 s *after* they were complete (buffered:
+    0.013 s), because SAFETY put the committed start past the last chunk. Here 0.1 s of audio
+    comes in 6 chunks, one every 0.5 s (0.033x real time): the start must come with the last chunk."""
+    p = make_player()
+    stats = StreamStats()
+    clip = noise(4410, 3)
+    sink = StreamDelivery(p, 5, Req(), stats)
+    chunk = 735
+    with Device(p, 4.5) as dev:
+        sink.begin(SR, clip.shape[1])
+        for s in range(0, clip.shape[1], chunk):
+            time.sleep(0.5)
+            sink.write(clip[:, s:s + chunk])
+        sink.end(True)
+        done_frame = p.frame
+        while p.frame < sink.start_frame + clip.shape[1] + 2 * BLOCK:
+            time.sleep(0.02)
+    start = sink.start_frame
+    assert start is not None and start <= done_frame + 3 * BLOCK, (start, done_frame)
+    assert stats.as_dict()["misses"] == 0
+    np.testing.assert_array_equal(dev.out[start:start + clip.shape[1]].T, clip)
