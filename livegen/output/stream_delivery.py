@@ -317,9 +317,11 @@ class StreamDelivery:
         the decoder's kernels), before that the rate of the model's last streams (none: wait).
         A start further ahead than the next chunk (its expected interval, with SAFETY, plus the
         margin) is not committed yet: the next chunk decides again, knowing more, so a stream never
-        starts later than its rate needs. Nor is a start at or after the stream's expected end (a
-        stream far slower than real time: SAFETY then puts the start past the last chunk): the last
-        chunk starts it at once, so a stream never sounds later than the buffered clip would."""
+        starts later than its rate needs. Nor is a start that production SAFETY times faster than
+        measured would reach after the stream's end (a stream far slower than real time, where
+        SAFETY puts the start near or past the last chunk; an end that comes faster, as a decoder's
+        flush does): the last chunk starts such a stream at once, so it does not sound later than
+        the buffered clip would."""
         remaining = self._total_in - self._written_in
         remembered = self.stats.rates.get(self.model_key)
         if final:
@@ -333,8 +335,10 @@ class StreamDelivery:
         lead = lead_seconds(rate, remaining, self._total_in, self._in_rate)
         if not math.isfinite(lead):
             return
-        if not final and lead >= remaining / rate:
-            return  # it would start after the stream is complete: the last chunk starts it, at once
+        if not final and lead > remaining / rate / SAFETY:
+            # not before the stream would be complete if production ran SAFETY times faster than
+            # measured (a decoder's flush at the end comes at once): the last chunk starts it
+            return
         sr = int(self.player.sample_rate)
         frame = int(self.player.frame) + int(math.ceil(lead * sr)) if lead > 0 else 0
         frame = launch_at_or_after(self.player, frame, self.request.launch)

@@ -304,3 +304,29 @@ def test_a_stream_far_slower_than_real_time_starts_with_its_last_chunk_not_after
     assert start is not None and start <= done_frame + 3 * BLOCK, (start, done_frame)
     assert stats.as_dict()["misses"] == 0
     np.testing.assert_array_equal(dev.out[start:start + clip.shape[1]].T, clip)
+
+
+def test_a_slow_stream_whose_end_comes_at_once_does_not_start_after_it():
+    """Regression: the third MusicGen stream of a daemon run committed its start 11.2 s ahead with
+    19,298 frames to come at 1,703 frames/s (11.3 s), but the last 3,298 frames (EnCodec's flush)
+    came at once: it sounded 1.8 s after its end. Here 8 chunks come every 0.5 s and the 9th, the
+    tail, right after the 8th: the start must come with the tail."""
+    p = make_player()
+    stats = StreamStats()
+    chunk = 1470
+    clip = noise(9 * chunk, 4)
+    sink = StreamDelivery(p, 6, Req(), stats)
+    with Device(p, 5.5) as dev:
+        sink.begin(SR, clip.shape[1])
+        for i, s in enumerate(range(0, clip.shape[1], chunk)):
+            if i < 8:
+                time.sleep(0.5)
+            sink.write(clip[:, s:s + chunk])
+        sink.end(True)
+        done_frame = p.frame
+        while p.frame < sink.start_frame + clip.shape[1] + 2 * BLOCK:
+            time.sleep(0.02)
+    start = sink.start_frame
+    assert start is not None and start <= done_frame + 3 * BLOCK, (start, done_frame)
+    assert stats.as_dict()["misses"] == 0
+    np.testing.assert_array_equal(dev.out[start:start + clip.shape[1]].T, clip)
