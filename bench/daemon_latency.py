@@ -525,37 +525,12 @@ def batch_first_audio(model: Path, t5: Path, plan: Plan, repeats: int) -> dict[s
 def build_musicgen(work: Path, smoke: bool) -> Path:
     """MusicGen small's real configuration (``--smoke``: the tests' tiny one) with random weights,
     saved as a checkpoint directory the daemon loads as a user's (built once per workdir)."""
-    import json as _json
+    from bench.musicgen import write_checkpoint
 
     directory = work / ("musicgen-tiny" if smoke else "musicgen")
-    if (directory / "config.json").is_file():
-        return directory
-    import torch
-    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
-
-    from bench.musicgen import real_configs
-    from tests.models.musicgen.mg_fixtures import randomize_, tiny_configs
-    from tests.models.t5_fixtures import make_tiny_tokenizer
-
-    if smoke:
-        t5c, audio, decoder, tokenizer = tiny_configs("mono")
-    else:
-        (t5c, audio, decoder), tokenizer = real_configs(), make_tiny_tokenizer()
-    torch.manual_seed(0)
-    model = MusicgenForConditionalGeneration(
-        MusicgenConfig(text_encoder=t5c.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
-    ).float().eval()
-    randomize_(model, seed=0)
-    start = decoder.vocab_size
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    gen_file = directory / "generation_config.json"
-    data = _json.loads(gen_file.read_text()) if gen_file.is_file() else {}
-    data.update(decoder_start_token_id=start, pad_token_id=start, bos_token_id=start, guidance_scale=3.0,
-                top_k=250, do_sample=True)
-    gen_file.write_text(_json.dumps(data, indent=2))
-    print(f"  built MusicGen {'tiny' if smoke else 'small'} with random weights in {directory}")
+    if not (directory / "config.json").is_file():
+        write_checkpoint(smoke, directory)
+        print(f"  built MusicGen {'tiny' if smoke else 'small'} with random weights in {directory}")
     return directory
 
 

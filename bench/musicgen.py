@@ -56,11 +56,13 @@ class Built:
         return int(self.tokenizer(PROMPT, return_tensors="np")["input_ids"].shape[1])
 
 
-def build(smoke: bool, workdir: Path, log: Callable[[str], None]) -> Built:
+def write_checkpoint(smoke: bool, directory: Path) -> tuple[Any, Any, Any]:
+    """MusicGen small's real configuration (``smoke``: the tests' tiny one) with random weights,
+    saved into ``directory`` as a checkpoint a user would have (``save_pretrained`` with the
+    tokenizer and a generation config). Returns (reference model, tokenizer, decoder config)."""
     import torch
     from transformers import MusicgenConfig, MusicgenForConditionalGeneration
 
-    from livegen.models.musicgen import MusicGenPipeline
     from tests.models.musicgen.mg_fixtures import randomize_, tiny_configs
     from tests.models.t5_fixtures import make_tiny_tokenizer
 
@@ -76,8 +78,6 @@ def build(smoke: bool, workdir: Path, log: Callable[[str], None]) -> Built:
     start = decoder.vocab_size
     gen = model.generation_config
     gen.decoder_start_token_id = gen.pad_token_id = gen.bos_token_id = start
-    log(f"  built the reference MusicGen ({sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters)")
-    directory = workdir / "musicgen"
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -86,6 +86,15 @@ def build(smoke: bool, workdir: Path, log: Callable[[str], None]) -> Built:
     data.update(decoder_start_token_id=start, pad_token_id=start, bos_token_id=start, guidance_scale=3.0,
                 top_k=250, do_sample=True)
     gen_file.write_text(json.dumps(data, indent=2))
+    return model, tokenizer, decoder
+
+
+def build(smoke: bool, workdir: Path, log: Callable[[str], None]) -> Built:
+    from livegen.models.musicgen import MusicGenPipeline
+
+    directory = workdir / "musicgen"
+    model, tokenizer, decoder = write_checkpoint(smoke, directory)
+    log(f"  built the reference MusicGen ({sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters)")
     pipe = MusicGenPipeline.from_pretrained(str(directory))
     for f in directory.glob("*.safetensors"):
         f.unlink()  # livegen holds its converted copy in the (temporary) cache

@@ -281,6 +281,20 @@ def test_a_pessimistic_remembered_rate_does_not_delay_a_fast_stream():
     assert stats.rates["m"] > 2 * SR  # the mean moved towards what this stream did
 
 
+def _play_out(p: Player, sink: StreamDelivery, clip: np.ndarray) -> None:
+    while p.frame < sink.start_frame + clip.shape[1] + 2 * BLOCK:
+        time.sleep(0.02)
+
+
+def _assert_started_with_its_end(sink: StreamDelivery, stats: StreamStats, dev: Device, clip: np.ndarray,
+                                 done_frame: int) -> None:
+    """It started within a few blocks of its last chunk (not after it), played whole, no miss."""
+    start = sink.start_frame
+    assert start is not None and start <= done_frame + 3 * BLOCK, (start, done_frame)
+    assert stats.as_dict()["misses"] == 0
+    np.testing.assert_array_equal(dev.out[start:start + clip.shape[1]].T, clip)
+
+
 def test_a_stream_far_slower_than_real_time_starts_with_its_last_chunk_not_after_it():
     """Regression: MusicGen small in the daemon on the 2-core machine made 0.05x real time (1,714
     frames/s of 32 kHz audio); its 3 s clips sounded 1.7 s *after* they were complete (buffered:
@@ -298,12 +312,8 @@ def test_a_stream_far_slower_than_real_time_starts_with_its_last_chunk_not_after
             sink.write(clip[:, s:s + chunk])
         sink.end(True)
         done_frame = p.frame
-        while p.frame < sink.start_frame + clip.shape[1] + 2 * BLOCK:
-            time.sleep(0.02)
-    start = sink.start_frame
-    assert start is not None and start <= done_frame + 3 * BLOCK, (start, done_frame)
-    assert stats.as_dict()["misses"] == 0
-    np.testing.assert_array_equal(dev.out[start:start + clip.shape[1]].T, clip)
+        _play_out(p, sink, clip)
+    _assert_started_with_its_end(sink, stats, dev, clip, done_frame)
 
 
 def test_a_slow_stream_whose_end_comes_at_once_does_not_start_after_it():
@@ -324,9 +334,5 @@ def test_a_slow_stream_whose_end_comes_at_once_does_not_start_after_it():
             sink.write(clip[:, s:s + chunk])
         sink.end(True)
         done_frame = p.frame
-        while p.frame < sink.start_frame + clip.shape[1] + 2 * BLOCK:
-            time.sleep(0.02)
-    start = sink.start_frame
-    assert start is not None and start <= done_frame + 3 * BLOCK, (start, done_frame)
-    assert stats.as_dict()["misses"] == 0
-    np.testing.assert_array_equal(dev.out[start:start + clip.shape[1]].T, clip)
+        _play_out(p, sink, clip)
+    _assert_started_with_its_end(sink, stats, dev, clip, done_frame)
