@@ -195,8 +195,7 @@ class PooledEngine:
 
         self.state = "connecting"
         self._retry_at = time.monotonic() + RECONNECT_SECONDS
-        self._drop_bridge()  # one bridge at a time
-        self._generation += 1
+        self._drop_bridge()  # one bridge at a time (and a new generation number for the next)
         try:
             self._bridge = BridgeClient(functools.partial(self._from_bridge, self._generation))
             self._bridges = [b for b in self._bridges if b.proc.poll() is None] + [self._bridge]
@@ -212,8 +211,8 @@ class PooledEngine:
         except RuntimeError:  # the loop is closed
             pass
 
-    def _on_bridge(self, message: tuple | None, generation: int | None = None) -> None:
-        if generation is not None and generation != self._generation:
+    def _on_bridge(self, message: tuple | None, generation: int) -> None:
+        if generation != self._generation:
             return  # a bridge given up (dropped after "unavailable" or a loss): its last words
         if message is None:
             if self.state != "closed":

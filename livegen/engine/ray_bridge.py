@@ -129,7 +129,7 @@ def _serve(conn: Connection) -> None:
             send(("chunk", self.key, chunk))
 
         def end(self, ok: bool) -> None:
-            pass  # the outcome follows as done or error
+            """Nothing to send: the job's outcome reaches the daemon as its own done or error message."""
 
     def finished(key: str, future: Any) -> None:
         try:

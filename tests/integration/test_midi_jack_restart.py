@@ -16,7 +16,13 @@ import pytest
 
 from tests.conftest import require_or_skip
 from tests.integration.conftest import OscClient, start_daemon, stop_daemon
-from tests.integration.test_daemon_feedback import IDLE_LOOKS, MidiRecorder, jack_ports, wait_for_port
+from tests.integration.test_daemon_feedback import (
+    IDLE_LOOKS,
+    MAPPING_TEMPLATE,
+    MidiRecorder,
+    jack_ports,
+    wait_for_port,
+)
 from tests.integration.test_daemon_jack_restart import SERVER, _start_jackd
 from tests.integration.test_midi_reconnect import Source, _notes_arrive, _sentence
 
@@ -26,32 +32,7 @@ NAME = "lgmr"
 SOURCE = "lgsrc"  # test_midi_reconnect's Source registers "lgsrc:out"
 RECORDER = "lgmrrec"
 
-MAPPING = f"""\
-name: midi-restart
-params:
-  prompt: test tone
-  seconds: 0.1
-  steps: 2
-  launch: now
-midi:
-  - note: 60-61
-    action: generate
-    prompt: "midi pad {{pad}}"
-    seconds: 0.1
-feedback:
-  connect: ["{RECORDER}:input"]
-  pads:
-    - note: 60-61
-      channel: 1
-    - cc: 20-21
-      channel: 5
-  states:
-    idle: {{value: 0}}
-    queued: {{value: 10}}
-    rendering: {{value: 20, channel: 3}}
-    cached: {{value: 40}}
-    playing: {{value: 50, channel: 2}}
-"""
+MAPPING = MAPPING_TEMPLATE.format(RECORDER=RECORDER)  # the feedback test's pads and colours
 
 OWN_PORTS = (f"{NAME}:midi_in", f"{NAME}_guard:sysex_reset", f"{NAME}_out:midi_out", "livegen:out_L", "livegen:out_R")
 
